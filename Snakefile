@@ -1,0 +1,27 @@
+# ASFT reference workflow: download -> tokenize -> train(mode, seed) -> merge -> eval -> aggregate.
+# Every artifact lives at results/<stage>/<key>/, where key hashes the stage's resolved settings,
+# its semantic version and its inputs' keys (see src/asft/keys.py and src/asft/plan.py).
+from snakemake.utils import min_version
+
+min_version("9.0")
+
+
+configfile: "config/config.yaml"
+
+
+report: "report/workflow.rst"
+
+
+include: "rules/common.smk"
+include: "rules/download.smk"
+include: "rules/tokenize.smk"
+include: "rules/train.smk"
+include: "rules/merge.smk"
+include: "rules/eval.smk"
+include: "rules/aggregate.smk"
+
+
+rule all:
+    input:
+        final_outputs(),
+    default_target: True

@@ -1,0 +1,32 @@
+rule download_model:
+    output:
+        manifest="results/model/{key}/manifest.json",
+    log:
+        "logs/model/{key}.log",
+    benchmark:
+        "benchmarks/model/{key}.tsv"
+    threads: RES.download.threads
+    resources:
+        mem_mb=RES.download.mem_mb,
+        runtime=RES.download.runtime,
+        gpu=RES.download.gpus,
+    conda:
+        "../envs/train.yaml"
+    script:
+        "../workflow/scripts/download_model.py"
+
+
+rule download_data:
+    output:
+        manifest="results/data/{key}/manifest.json",
+    log:
+        "logs/data/{key}.log",
+    benchmark:
+        "benchmarks/data/{key}.tsv"
+    resources:
+        mem_mb=RES.download.mem_mb,
+        runtime=RES.download.runtime,
+    conda:
+        "../envs/train.yaml"
+    script:
+        "../workflow/scripts/download_data.py"

@@ -1,0 +1,18 @@
+rule eval:
+    input:
+        unpack(eval_inputs),
+    output:
+        manifest="results/eval/{key}/manifest.json",
+    log:
+        "logs/eval/{key}.log",
+    benchmark:
+        "benchmarks/eval/{key}.tsv"
+    threads: RES.eval.threads
+    resources:
+        mem_mb=RES.eval.mem_mb,
+        runtime=RES.eval.runtime,
+        gpu=RES.eval.gpus,
+    conda:
+        "../envs/eval.yaml"
+    script:
+        "../workflow/scripts/eval.py"

@@ -1,0 +1,18 @@
+rule train:
+    input:
+        unpack(train_inputs),
+    output:
+        manifest="results/train/{key}/manifest.json",
+    log:
+        "logs/train/{key}.log",
+    benchmark:
+        "benchmarks/train/{key}.tsv"
+    threads: RES.train.threads
+    resources:
+        mem_mb=RES.train.mem_mb,
+        runtime=RES.train.runtime,
+        gpu=RES.train.gpus,
+    conda:
+        "../envs/train.yaml"
+    script:
+        "../workflow/scripts/train.py"

@@ -1,0 +1,148 @@
+"""Artifact folders: written to a temporary sibling, renamed into place when complete.
+
+A folder `results/<stage>/<key>/` exists only once everything in it is written; its
+`manifest.json` (written last, inside the temporary folder) records the resolved settings, the
+parent keys, package versions, the git commit, the wall time and the sha256 of every file.
+A killed job leaves at most a `.tmp-*` folder that nothing reads and the next run removes.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+MANIFEST = "manifest.json"
+TRACKED_PACKAGES = ("asft", "torch", "transformers", "peft", "trl", "datasets", "tokenizers", "math-verify", "vllm", "deepspeed")
+
+
+def sha256_file(path: Path, chunk: int = 1 << 20) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        while block := handle.read(chunk):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def package_versions() -> dict[str, str]:
+    versions = {"python": sys.version.split()[0]}
+    for name in TRACKED_PACKAGES:
+        try:
+            versions[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            continue
+    return versions
+
+
+def git_commit(cwd: Path | None = None) -> str | None:
+    try:
+        out = subprocess.run(
+            ["git", "rev-parse", "HEAD"], cwd=cwd, capture_output=True, text=True, timeout=5, check=False
+        )
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return out.stdout.strip() or None if out.returncode == 0 else None
+
+
+def file_hashes(folder: Path) -> dict[str, str]:
+    return {
+        str(path.relative_to(folder)): sha256_file(path)
+        for path in sorted(folder.rglob("*"))
+        if path.is_file() and path.name != MANIFEST
+    }
+
+
+@dataclass(frozen=True)
+class Node:
+    """One stage run: what the workflow plan passes to a stage script."""
+
+    stage: str
+    key: str
+    settings: Mapping[str, Any]  # what the key hashes
+    parents: Mapping[str, str]  # role -> "stage/key" of each input artifact
+    labels: Mapping[str, Any]  # human labels (mode, seed, benchmark), not hashed
+    runtime: Mapping[str, Any] = field(default_factory=dict)  # how, not what: chunk size, batch size
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> Node:
+        return cls(
+            data["stage"], data["key"], data["settings"], data.get("parents", {}),
+            data.get("labels", {}), data.get("runtime", {}),
+        )
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "stage": self.stage,
+            "key": self.key,
+            "settings": dict(self.settings),
+            "parents": dict(self.parents),
+            "labels": dict(self.labels),
+            "runtime": dict(self.runtime),
+        }
+
+
+def artifact_dir(results: Path, stage: str, key: str) -> Path:
+    return Path(results) / stage / key
+
+
+def read_manifest(folder: Path) -> dict[str, Any]:
+    path = Path(folder) / MANIFEST
+    try:
+        return json.loads(path.read_text())
+    except FileNotFoundError:
+        raise FileNotFoundError(f"{path}: missing; the stage that makes {folder} has not completed") from None
+    except json.JSONDecodeError as error:
+        raise ValueError(f"{path}: corrupted manifest ({error}); run `asft verify --fix`") from None
+
+
+def _clear_target(final: Path) -> None:
+    """Snakemake pre-creates output folders; an empty one may be replaced, a full one may not."""
+    if final.is_dir() and not any(final.iterdir()):
+        final.rmdir()
+    elif final.exists() and (final / MANIFEST).exists():
+        raise FileExistsError(f"{final} already holds a complete artifact; refusing to overwrite it")
+    elif final.exists():
+        shutil.rmtree(final)  # an incomplete leftover without a manifest
+
+
+@contextmanager
+def writing_artifact(final: Path, node: Node, extra: Mapping[str, Any] | None = None) -> Iterator[Path]:
+    """Yield a temporary folder; on success write the manifest and rename it to `final`.
+
+    On any exception the temporary folder is removed and nothing is left at `final`.
+    The caller may add entries to the returned folder's `.manifest_extra.json` via `extra`.
+    """
+    final = Path(final)
+    final.parent.mkdir(parents=True, exist_ok=True)
+    for stale in final.parent.glob(f"{final.name}.tmp-*"):
+        shutil.rmtree(stale, ignore_errors=True)
+    tmp = final.parent / f"{final.name}.tmp-{os.getpid()}"
+    tmp.mkdir()
+    started = time.time()
+    try:
+        yield tmp
+        manifest = {
+            **node.to_dict(),
+            "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+            "wall_seconds": round(time.time() - started, 3),
+            "packages": package_versions(),
+            "git_commit": git_commit(Path(__file__).parent),
+            **(dict(extra) if extra else {}),
+            "files": file_hashes(tmp),
+        }
+        (tmp / MANIFEST).write_text(json.dumps(manifest, indent=2, sort_keys=True) + "\n")
+        _clear_target(final)
+        os.replace(tmp, final)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise

@@ -1,0 +1,184 @@
+"""Evaluation benchmarks, registered by name.
+
+A benchmark is mostly data: where its rows come from, which field holds the question, how the
+gold answer is read, and a version. File benchmarks ship in `data/benchmarks/<name>/test.jsonl`
+(byte-exact copies of the upstream harness files, see PROVENANCE.md there) and are checked
+against their sha256 on every load. Embedded benchmarks are the fixed test splits of the
+generated arithmetic tasks.
+"""
+
+from __future__ import annotations
+
+import difflib
+import json
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from asft.artifacts import sha256_file
+
+DATA_DIR = Path(__file__).resolve().parents[2] / "data" / "benchmarks"
+QUESTION_FIELDS = ("question", "problem", "Question", "input")  # upstream parse_question order
+
+
+@dataclass(frozen=True)
+class Problem:
+    """One evaluation item: the question, its gold answer, and a reference solution if known."""
+
+    question: str
+    gold: str
+    solution: str | None = None
+
+
+@dataclass(frozen=True)
+class Benchmark:
+    name: str
+    display: str
+    version: int
+    load_rows: Callable[[Mapping[str, Any]], list[Problem]] = field(repr=False)
+    sha256: str | None = None
+    path: Path | None = None
+
+    def settings(self) -> dict[str, Any]:
+        """What enters an eval key: identity and version, not the loader code."""
+        return {"name": self.name, "version": self.version, "sha256": self.sha256}
+
+
+_REGISTRY: dict[str, Benchmark] = {}
+
+
+def register(benchmark: Benchmark) -> Benchmark:
+    if benchmark.name in _REGISTRY:
+        raise ValueError(f"benchmark '{benchmark.name}' is registered twice")
+    _REGISTRY[benchmark.name] = benchmark
+    return benchmark
+
+
+def available_benchmarks() -> list[str]:
+    return sorted(_REGISTRY)
+
+
+def get_benchmark(name: str) -> Benchmark:
+    try:
+        return _REGISTRY[name]
+    except KeyError:
+        close = difflib.get_close_matches(name, _REGISTRY, n=1)
+        hint = f" (did you mean '{close[0]}'?)" if close else ""
+        raise ValueError(f"unknown benchmark '{name}'{hint}; known: {', '.join(available_benchmarks())}") from None
+
+
+def last_boxed(text: str) -> str | None:
+    """Content of the last brace-matched \\boxed{...} in text (used for gold solutions only)."""
+    start = text.rfind("\\boxed")
+    if start < 0:
+        return None
+    i = text.find("{", start)
+    if i < 0:
+        return None
+    depth = 0
+    for j in range(i, len(text)):
+        if text[j] == "{":
+            depth += 1
+        elif text[j] == "}":
+            depth -= 1
+            if depth == 0:
+                return text[i + 1 : j]
+    return None
+
+
+def _question(row: Mapping[str, Any], path: Path, index: int) -> str:
+    for key in QUESTION_FIELDS:
+        if isinstance(row.get(key), str) and row[key]:
+            return row[key]
+    raise ValueError(f"{path}: row {index} has no question field (looked for {', '.join(QUESTION_FIELDS)})")
+
+
+def read_checked_jsonl(path: Path, sha256: str | None) -> list[dict[str, Any]]:
+    """Read a jsonl benchmark file after checking its bytes against the recorded sha256."""
+    if not path.is_file():
+        raise FileNotFoundError(f"benchmark file {path} is missing")
+    if sha256 is not None:
+        actual = sha256_file(path)
+        if actual != sha256:
+            raise ValueError(f"benchmark file {path} was changed: sha256 {actual}, expected {sha256}")
+    rows = []
+    for index, line in enumerate(path.read_text(encoding="utf-8").splitlines()):
+        if line.strip():
+            try:
+                rows.append(json.loads(line))
+            except json.JSONDecodeError as error:
+                raise ValueError(f"{path}: line {index + 1} is not JSON ({error})") from None
+    return rows
+
+
+def _file_benchmark(name: str, display: str, sha256: str, gold: Callable[[dict], str | None], solution: str | None):
+    path = DATA_DIR / name / "test.jsonl"
+
+    def load(_: Mapping[str, Any]) -> list[Problem]:
+        problems = []
+        for index, row in enumerate(read_checked_jsonl(path, sha256)):
+            answer = gold(row)
+            if answer is None or str(answer).strip() == "":
+                raise ValueError(f"{path}: row {index} has no gold answer")
+            sol = row.get(solution) if solution else None
+            if isinstance(sol, list):
+                sol = sol[0] if sol else None
+            problems.append(Problem(_question(row, path, index), str(answer), sol))
+        return problems
+
+    return Benchmark(name=name, display=display, version=1, load_rows=load, sha256=sha256, path=path)
+
+
+def _gsm8k_gold(row: dict) -> str | None:
+    answer = row.get("answer", "")
+    return answer.split("####")[-1].strip().replace(",", "") if "####" in answer else None
+
+
+def _amc_gold(row: dict) -> str | None:
+    value = row.get("answer")
+    if isinstance(value, float) and value.is_integer():
+        return str(int(value))
+    return None if value is None else str(value)
+
+
+def _olympiad_gold(row: dict) -> str | None:
+    answers = row.get("final_answer") or []
+    return answers[0].strip("$").strip() if answers else None
+
+
+def _str_field(key: str) -> Callable[[dict], str | None]:
+    return lambda row: None if row.get(key) is None else str(row[key])
+
+
+for _args in (
+    ("math_oai", "MATH-500", "a239272930e5202bf1d5275f7fa475a56687c775a61f1354a6d3371bf9dd7a94", _str_field("answer"), "solution"),
+    ("gsm8k", "GSM8K", "9f098df7ff4522078d6ccec27a5c38a454790fdb51131bedfaa0e490070d5394", _gsm8k_gold, None),
+    ("minerva_math", "Minerva", "0e656b430d3a0a1dab6aa853f453ba3805e28e2cabe4fc72486a897cc09d8ba2", lambda r: last_boxed(r.get("solution", "")), "solution"),
+    ("olympiadbench", "Olympiad", "bb8c1e38a16ea9eacb77530315a674d883f267fbff79183effc53681b4fcc416", _olympiad_gold, "solution"),
+    ("aime24", "AIME24", "af2b8bd2aa911b6333ad0df32f3ca05c7ae8ed10f1731f4372c8ae26990bf7ac", _str_field("answer"), "solution"),
+    ("amc23", "AMC23", "43707e1ca784602d8479de24ee8ce36609dbebc46dd152b0b12a46611aa898a4", _amc_gold, None),
+):
+    register(_file_benchmark(*_args))
+
+
+def _embedded_benchmark(task: str) -> Benchmark:
+    def load(context: Mapping[str, Any]) -> list[Problem]:
+        from asft.embedded.tasks import split
+
+        _, test = split(task, int(context.get("split_seed", 0)))
+        return [Problem(ex.instruction, ex.answer, ex.response) for ex in test]
+
+    return Benchmark(name=f"embedded_{task}", display=task, version=1, load_rows=load)
+
+
+for _task in ("add", "sub", "mul"):
+    register(_embedded_benchmark(_task))
+
+
+def load_problems(name: str, context: Mapping[str, Any] | None = None, limit: int | None = None) -> list[Problem]:
+    """Rows of a benchmark; `context` carries settings such as the embedded split seed."""
+    problems = get_benchmark(name).load_rows(context or {})
+    return problems[:limit] if limit else problems
+
+

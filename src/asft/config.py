@@ -1,0 +1,354 @@
+"""Typed, validated workflow configuration.
+
+One source of truth: these frozen pydantic models. `config/schema.yaml` (the JSON schema Snakemake
+validates at parse time) is generated from them by `asft schema`, and a test checks it is current.
+Every field says what it is for; unknown keys are errors that name the field.
+"""
+
+from __future__ import annotations
+
+import difflib
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+ROOT = Path(__file__).resolve().parents[2]
+DEFAULT_CONFIG = ROOT / "config" / "config.yaml"
+
+
+class ConfigError(ValueError):
+    """A configuration problem, with a message that names the field."""
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+
+class EmbeddedSpecModel(_Strict):
+    """The tiny base model the workflow pre-trains itself (see asft.embedded.pretrain)."""
+
+    hidden_size: int = Field(128, ge=8, description="Width of the tiny Qwen2 model.")
+    num_layers: int = Field(2, ge=1, description="Decoder layers.")
+    num_heads: int = Field(4, ge=1, description="Attention heads.")
+    num_kv_heads: int = Field(2, ge=1, description="Key/value heads (grouped-query attention).")
+    intermediate_size: int = Field(512, ge=8, description="MLP width.")
+    max_positions: int = Field(64, ge=16, description="Longest sequence the model handles.")
+    tie_embeddings: bool = Field(True, description="Share input embedding and LM head.")
+    task_mix: dict[str, float] = Field(
+        default_factory=lambda: {"add": 0.46, "sub": 0.46, "mul": 0.08},
+        description="Pre-training task mixture (task name -> probability).",
+    )
+    steps: int = Field(1000, ge=1, description="Pre-training optimizer steps.")
+    batch_size: int = Field(64, ge=1, description="Pre-training batch size.")
+    lr: float = Field(3e-3, gt=0, description="Peak pre-training learning rate.")
+    warmup: int = Field(100, ge=0, description="Linear warm-up steps.")
+    min_lr_ratio: float = Field(0.1, ge=0, le=1, description="Cosine floor as a fraction of lr.")
+    betas: tuple[float, float] = Field((0.9, 0.98), description="AdamW betas.")
+    weight_decay: float = Field(0.0, ge=0, description="AdamW weight decay.")
+    grad_clip: float = Field(1.0, gt=0, description="Gradient-norm clip.")
+    split_seed: int = Field(0, ge=0, description="Seed of the fixed train/test split of every task.")
+    seed: int = Field(0, ge=0, description="Initialisation and sampling seed of pre-training.")
+
+    def to_spec(self):  # -> asft.embedded.pretrain.EmbeddedBaseSpec (imported lazily: torch)
+        from asft.embedded.pretrain import EmbeddedBaseSpec
+
+        return EmbeddedBaseSpec.from_dict(self.model_dump())
+
+
+class ModelConfig(_Strict):
+    """The base model to fine-tune."""
+
+    source: Literal["embedded", "hub", "local"] = Field(
+        "embedded", description="embedded: built by the workflow; hub: Hugging Face id; local: a folder."
+    )
+    id: str | None = Field(None, description="Hub id, e.g. Qwen/Qwen2.5-7B (source hub).")
+    revision: str = Field("main", description="Hub revision (branch, tag or commit).")
+    local_path: str | None = Field(None, description="Folder with config.json, weights and tokenizer.")
+    embedded: EmbeddedSpecModel = Field(default_factory=EmbeddedSpecModel, description="Embedded recipe.")
+
+    @model_validator(mode="after")
+    def _source_fields(self) -> ModelConfig:
+        if self.source == "hub" and not self.id:
+            raise ValueError("model.id is required when model.source is 'hub'")
+        if self.source == "local" and not self.local_path:
+            raise ValueError("model.local_path is required when model.source is 'local'")
+        return self
+
+
+class TrainSetConfig(_Strict):
+    """One training set; every (train set, mode, seed) is one training run."""
+
+    name: str = Field(description="Short label used in the table, e.g. numina_cot_10k.")
+    source: Literal["embedded", "hub", "local"] = Field(
+        "embedded", description="embedded: generated task; hub: a file of a dataset repo; local: a jsonl file."
+    )
+    task: str | None = Field(None, description="Embedded task name (add, sub, mul).")
+    repo: str | None = Field(None, description="Hub dataset repository, e.g. chichi56/ASFT.")
+    filename: str | None = Field(None, description="File inside the dataset repository.")
+    revision: str = Field("main", description="Hub revision of the dataset repository.")
+    path: str | None = Field(None, description="Local jsonl path (source local).")
+    sha256: str | None = Field(None, description="Expected sha256 of the downloaded file (checked).")
+    prompt_field: str = Field("instruction", description="Row field holding the prompt.")
+    response_field: str = Field("response", description="Row field holding the target response.")
+    size: int | None = Field(None, ge=1, description="Subsample this many rows (null: all).")
+    subsample_seed: int = Field(0, ge=0, description="Seed of the subsample.")
+
+    @model_validator(mode="after")
+    def _source_fields(self) -> TrainSetConfig:
+        needed = {"embedded": ["task"], "hub": ["repo", "filename"], "local": ["path"]}[self.source]
+        for field in needed:
+            if getattr(self, field) in (None, ""):
+                raise ValueError(f"train_sets[{self.name}].{field} is required when source is '{self.source}'")
+        return self
+
+
+class TokenizeConfig(_Strict):
+    template: Literal["plain", "alpaca", "chat"] = Field(
+        "plain", description="Prompt format: plain (prompt+response), alpaca (upstream ASFT), chat (model's template)."
+    )
+    max_length: int = Field(64, ge=8, description="Longest tokenized example (prompt + response + eos).")
+    overlong: Literal["truncate", "drop"] = Field("truncate", description="What to do with longer examples.")
+    num_proc: int = Field(1, ge=1, description="Tokenizer processes (datasets.map num_proc); not part of the key.")
+
+
+class LossConfig(_Strict):
+    kl_weight: float = Field(0.05, ge=0, description="Weight of the KL anchor in sft+kl and asft (paper: 0.05).")
+    kl_direction: Literal["ref_policy", "policy_ref"] = Field(
+        "ref_policy",
+        description="ref_policy: KL(ref||policy), upstream code and published numbers; policy_ref: the paper's text.",
+    )
+    normalize: Literal["microbatch_tokens", "global_tokens"] = Field(
+        "microbatch_tokens",
+        description="microbatch_tokens: per micro-batch token mean (upstream train_v2.py); "
+        "global_tokens: divide by the response tokens of the whole accumulated batch (TRL/Unsloth).",
+    )
+    implementation: Literal["chunked", "full"] = Field(
+        "chunked", description="chunked: lean hidden-state loss; full: materialise logits (ZeRO-3). Not in the key."
+    )
+    chunk_size: int = Field(256, ge=1, description="Rows per chunk of the chunked loss. Not in the key.")
+    hparams: dict[str, dict[str, float]] = Field(
+        default_factory=dict, description="Per-mode hyper-parameters, e.g. {sft-topk: {keep: 0.7}}."
+    )
+
+
+class LoraConfig(_Strict):
+    r: int = Field(8, ge=1, description="LoRA rank.")
+    alpha: float = Field(16, gt=0, description="LoRA alpha.")
+    dropout: float = Field(0.0, ge=0, lt=1, description="LoRA dropout.")
+    target_modules: list[str] = Field(
+        default_factory=lambda: ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"],
+        description="Module names that get adapters.",
+    )
+
+
+class TrainConfig(_Strict):
+    method: Literal["lora", "full"] = Field("lora", description="LoRA adapters or full fine-tuning.")
+    lora: LoraConfig = Field(default_factory=LoraConfig, description="LoRA settings (method lora).")
+    max_steps: int | None = Field(300, ge=1, description="Optimizer steps (null: use epochs).")
+    epochs: float = Field(1.0, gt=0, description="Epochs when max_steps is null.")
+    global_batch_size: int = Field(32, ge=1, description="Examples per optimizer step over all devices.")
+    per_device_batch_size: int = Field(32, ge=1, description="Micro-batch per device; accumulation fills the rest.")
+    lr: float = Field(4e-3, gt=0, description="Peak learning rate.")
+    lr_scheduler: Literal["cosine", "linear", "constant_with_warmup"] = Field("cosine", description="Schedule.")
+    warmup_steps: int = Field(20, ge=0, description="Linear warm-up steps.")
+    weight_decay: float = Field(0.0, ge=0, description="AdamW weight decay.")
+    adam_betas: tuple[float, float] = Field((0.9, 0.999), description="AdamW betas.")
+    max_grad_norm: float = Field(1.0, gt=0, description="Gradient clip.")
+    precision: Literal["fp32", "bf16"] = Field("fp32", description="Training precision (bf16 needs a GPU).")
+    deepspeed: str | None = Field(None, description="DeepSpeed config file (e.g. config/deepspeed/zero3.json).")
+    gradient_checkpointing: bool = Field(False, description="Recompute activations to save memory.")
+    save_steps: int = Field(100, ge=1, description="Checkpoint every N steps (resume point). Not in the key.")
+    logging_steps: int = Field(10, ge=1, description="Log metrics every N steps. Not in the key.")
+
+
+class EvalConfig(_Strict):
+    backend: Literal["hf", "vllm"] = Field("hf", description="hf: batched generate (CPU/GPU); vllm: GPU.")
+    benchmarks: list[str] = Field(
+        default_factory=lambda: ["embedded_mul", "embedded_add", "embedded_sub"],
+        description="Registered benchmark names (asft.benchmarks).",
+    )
+    template: Literal["plain", "alpaca", "chat", "cot"] = Field("plain", description="Prompt format.")
+    n_samples: int = Field(1, ge=1, description="Completions per problem (avg@n).")
+    temperature: float = Field(0.0, ge=0, description="0 means greedy.")
+    top_p: float = Field(1.0, gt=0, le=1, description="Nucleus sampling.")
+    max_new_tokens: int = Field(32, ge=1, description="Generation budget per completion.")
+    stop: list[str] = Field(default_factory=list, description="Extra stop strings.")
+    seed: int = Field(0, ge=0, description="Sampling seed.")
+    drift: bool = Field(True, description="Also measure mean per-token KL(base || model) on gold solutions.")
+    limit: int | None = Field(None, ge=1, description="Evaluate only the first N problems (smoke runs).")
+    batch_size: int = Field(256, ge=1, description="Prompts per generate call. Not in the key.")
+    tensor_parallel: int = Field(1, ge=1, description="vLLM tensor parallel size. Not in the key.")
+
+
+class TableConfig(_Strict):
+    target: list[str] = Field(default_factory=lambda: ["embedded_mul"], description="Benchmarks of the new task.")
+    retention: list[str] = Field(
+        default_factory=lambda: ["embedded_add", "embedded_sub"], description="Benchmarks the base already knew."
+    )
+    average_name: str = Field("retention", description="Column name of the retention mean.")
+
+
+class RuleResources(_Strict):
+    threads: int = Field(1, ge=1, description="Threads (torch threads) per job.")
+    mem_mb: int = Field(2000, ge=1, description="Memory per job.")
+    runtime: int = Field(30, ge=1, description="Minutes per job (SLURM time limit).")
+    gpus: int = Field(0, ge=0, description="GPUs per job.")
+
+
+class ResourcesConfig(_Strict):
+    download: RuleResources = Field(default_factory=RuleResources)
+    tokenize: RuleResources = Field(default_factory=RuleResources)
+    train: RuleResources = Field(default_factory=RuleResources)
+    merge: RuleResources = Field(default_factory=RuleResources)
+    eval: RuleResources = Field(default_factory=RuleResources)
+
+
+class Config(_Strict):
+    """The whole workflow configuration (config/config.yaml is the embedded default)."""
+
+    name: str = Field("embedded", description="A label for this configuration.")
+    model: ModelConfig = Field(default_factory=ModelConfig)
+    train_sets: list[TrainSetConfig] = Field(
+        default_factory=lambda: [TrainSetConfig(name="mul", source="embedded", task="mul")],
+        description="Training sets; one run per (train set, mode, seed).",
+    )
+    tokenize: TokenizeConfig = Field(default_factory=TokenizeConfig)
+    modes: list[str] = Field(default_factory=lambda: ["sft", "dft", "sft+kl", "asft"], description="Loss modes.")
+    seeds: list[int] = Field(default_factory=lambda: [0, 1], description="Fine-tuning seeds.")
+    loss: LossConfig = Field(default_factory=LossConfig)
+    train: TrainConfig = Field(default_factory=TrainConfig)
+    merge_dtype: Literal["fp32", "bf16"] = Field("fp32", description="dtype of merged weights.")
+    eval: EvalConfig = Field(default_factory=EvalConfig)
+    evaluate_base: bool = Field(True, description="Also evaluate the untouched base model (a 'base' row).")
+    table: TableConfig = Field(default_factory=TableConfig)
+    resources: ResourcesConfig = Field(default_factory=ResourcesConfig)
+
+    @field_validator("modes")
+    @classmethod
+    def _known_modes(cls, modes: list[str]) -> list[str]:
+        from asft.losses import available_modes
+
+        if not modes:
+            raise ValueError("modes: the list is empty; name at least one of " + ", ".join(available_modes()))
+        for mode in modes:
+            if mode not in available_modes():
+                close = difflib.get_close_matches(mode, available_modes(), n=1)
+                hint = f" (did you mean '{close[0]}'?)" if close else ""
+                raise ValueError(f"modes: unknown mode '{mode}'{hint}; known: {', '.join(available_modes())}")
+        if len(set(modes)) != len(modes):
+            raise ValueError("modes: a mode is listed twice")
+        return modes
+
+    @field_validator("seeds")
+    @classmethod
+    def _seeds(cls, seeds: list[int]) -> list[int]:
+        if not seeds:
+            raise ValueError("seeds: the list is empty; give at least one seed, e.g. [0]")
+        if len(set(seeds)) != len(seeds) or any(s < 0 for s in seeds):
+            raise ValueError("seeds: seeds must be distinct non-negative integers")
+        return seeds
+
+    @field_validator("train_sets")
+    @classmethod
+    def _train_sets(cls, sets: list[TrainSetConfig]) -> list[TrainSetConfig]:
+        if not sets:
+            raise ValueError("train_sets: the list is empty")
+        names = [s.name for s in sets]
+        if len(set(names)) != len(names):
+            raise ValueError("train_sets: names must be unique")
+        return sets
+
+    @model_validator(mode="after")
+    def _cross_checks(self) -> Config:
+        from asft.benchmarks import available_benchmarks
+        from asft.losses import get_mode
+
+        for bench in self.eval.benchmarks:
+            if bench not in available_benchmarks():
+                close = difflib.get_close_matches(bench, available_benchmarks(), n=1)
+                hint = f" (did you mean '{close[0]}'?)" if close else ""
+                raise ValueError(
+                    f"eval.benchmarks: unknown benchmark '{bench}'{hint}; known: {', '.join(available_benchmarks())}"
+                )
+        for field in ("target", "retention"):
+            for bench in getattr(self.table, field):
+                if bench not in self.eval.benchmarks:
+                    raise ValueError(f"table.{field}: '{bench}' is not in eval.benchmarks")
+        for mode, hparams in self.loss.hparams.items():
+            if mode not in self.modes:
+                continue
+            spec = get_mode(mode)
+            for name in hparams:
+                if name not in spec.defaults:
+                    raise ValueError(
+                        f"loss.hparams.{mode}.{name}: unknown hyper-parameter; "
+                        f"'{mode}' takes {sorted(spec.defaults) or 'none'}"
+                    )
+        if self.train.global_batch_size % self.train.per_device_batch_size:
+            raise ValueError("train.global_batch_size must be a multiple of train.per_device_batch_size")
+        return self
+
+
+def _format_error(error: ValidationError) -> str:
+    lines = []
+    for item in error.errors():
+        where = ".".join(str(part) for part in item["loc"]) or "config"
+        message = item["msg"].removeprefix("Value error, ")
+        lines.append(f"  {where}: {message}")
+    return "invalid configuration:\n" + "\n".join(lines)
+
+
+def parse_config(raw: Any) -> Config:
+    """Validate a config mapping; raise ConfigError naming each bad field."""
+    if raw is None:
+        raw = {}
+    if not isinstance(raw, dict):
+        raise ConfigError(f"invalid configuration: expected a mapping at the top level, got {type(raw).__name__}")
+    try:
+        return Config.model_validate(raw)
+    except ValidationError as error:
+        raise ConfigError(_format_error(error)) from None
+
+
+def deep_merge(base: dict, override: dict) -> dict:
+    """Merge like Snakemake merges --configfile files: dicts recursively, everything else replaced."""
+    merged = dict(base)
+    for key, value in override.items():
+        if isinstance(value, dict) and isinstance(merged.get(key), dict):
+            merged[key] = deep_merge(merged[key], value)
+        else:
+            merged[key] = value
+    return merged
+
+
+def read_yaml(path: Path) -> Any:
+    try:
+        text = Path(path).read_text()
+    except OSError as error:
+        raise ConfigError(f"cannot read config file {path}: {error.strerror}") from None
+    try:
+        return yaml.safe_load(text)
+    except yaml.YAMLError as error:
+        raise ConfigError(f"{path}: not valid YAML: {error}") from None
+
+
+def load_config(*paths: Path, with_default: bool = True) -> Config:
+    """Load and merge config files in order (the embedded default first), as Snakemake does."""
+    raw: dict = read_yaml(DEFAULT_CONFIG) if with_default else {}
+    for path in paths:
+        layer = read_yaml(Path(path))
+        if layer is None:
+            continue
+        if not isinstance(layer, dict):
+            raise ConfigError(f"{path}: expected a mapping at the top level")
+        raw = deep_merge(raw, layer)
+    return parse_config(raw)
+
+
+def json_schema() -> dict:
+    """The JSON schema Snakemake validates against (written to config/schema.yaml)."""
+    schema = Config.model_json_schema()
+    schema["$schema"] = "https://json-schema.org/draft/2020-12/schema"
+    return schema

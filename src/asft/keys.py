@@ -1,0 +1,58 @@
+"""Content keys: a stage's folder name is a hash of what it computes from.
+
+key = sha256(canonical JSON of {stage, stage version, resolved settings, parent keys})[:16]
+
+Parents' keys enter the hash, so keys form a Merkle chain: a change anywhere upstream changes
+every key below it, and nothing else. A stage's version is bumped on purpose whenever its code
+would produce different results from the same settings (Snakemake cannot see library edits).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+from collections.abc import Mapping
+from typing import Any
+
+KEY_LENGTH = 16
+
+#: Bump a stage's version when its outputs would change for the same settings.
+STAGE_VERSIONS: Mapping[str, int] = {
+    "model": 1,
+    "data": 1,
+    "tokenize": 1,
+    "train": 1,
+    "merge": 1,
+    "eval": 1,
+}
+
+
+def canonical_json(value: Any) -> str:
+    """Deterministic JSON: sorted keys, no whitespace, tuples as lists, finite floats only."""
+
+    def check(item: Any) -> Any:
+        if isinstance(item, float) and not math.isfinite(item):
+            raise ValueError(f"cannot hash a non-finite number: {item}")
+        if isinstance(item, Mapping):
+            return {str(k): check(v) for k, v in item.items()}
+        if isinstance(item, (list, tuple)):
+            return [check(v) for v in item]
+        if item is None or isinstance(item, (str, int, float, bool)):
+            return item
+        raise TypeError(f"cannot hash a value of type {type(item).__name__}: {item!r}")
+
+    return json.dumps(check(value), sort_keys=True, separators=(",", ":"), ensure_ascii=True)
+
+
+def stage_key(stage: str, settings: Mapping[str, Any], parents: Mapping[str, str] | None = None) -> str:
+    """The content key of one stage run."""
+    if stage not in STAGE_VERSIONS:
+        raise ValueError(f"unknown stage '{stage}'; known: {', '.join(STAGE_VERSIONS)}")
+    payload = {
+        "stage": stage,
+        "version": STAGE_VERSIONS[stage],
+        "settings": settings,
+        "parents": dict(parents or {}),
+    }
+    return hashlib.sha256(canonical_json(payload).encode()).hexdigest()[:KEY_LENGTH]

@@ -1,0 +1,187 @@
+"""The workflow plan: every stage run of a configuration, with its content key.
+
+`build_plan(config)` resolves each stage's settings (only what changes its result), hashes them
+with the keys of its inputs (asft.keys) and returns the nodes the Snakemake rules are made of.
+Settings that do not change a result (chunk size, eval batch size, logging) travel as `runtime`
+and stay out of the key, so changing them re-runs nothing.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+from asft.artifacts import Node
+from asft.benchmarks import get_benchmark
+from asft.config import Config, TrainSetConfig
+from asft.keys import stage_key
+from asft.losses import get_mode
+
+BASE_LABEL = "base"
+
+
+def _node(stage: str, settings: dict[str, Any], parents: dict[str, Node], labels=None, runtime=None) -> Node:
+    refs = {role: f"{parent.stage}/{parent.key}" for role, parent in parents.items()}
+    return Node(stage, stage_key(stage, settings, refs), settings, refs, labels or {}, runtime or {})
+
+
+def model_settings(cfg: Config) -> dict[str, Any]:
+    model = cfg.model
+    if model.source == "embedded":
+        return {"source": "embedded", "embedded": model.embedded.model_dump(mode="json")}
+    if model.source == "hub":
+        return {"source": "hub", "id": model.id, "revision": model.revision, "local_path": model.local_path}
+    return {"source": "local", "path": model.local_path}
+
+
+def data_settings(cfg: Config, train_set: TrainSetConfig) -> dict[str, Any]:
+    common = {"size": train_set.size, "subsample_seed": train_set.subsample_seed if train_set.size else None}
+    if train_set.source == "embedded":
+        return {"source": "embedded", "task": train_set.task, "split_seed": cfg.model.embedded.split_seed, **common}
+    fields = {"prompt_field": train_set.prompt_field, "response_field": train_set.response_field}
+    if train_set.source == "hub":
+        return {
+            "source": "hub", "repo": train_set.repo, "filename": train_set.filename,
+            "revision": train_set.revision, "sha256": train_set.sha256, "local_path": train_set.path,
+            **fields, **common,
+        }
+    return {"source": "local", "path": train_set.path, "sha256": train_set.sha256, **fields, **common}
+
+
+def train_settings(cfg: Config, mode_name: str, seed: int) -> dict[str, Any]:
+    mode = get_mode(mode_name)
+    train = cfg.train
+    hparams = {**mode.defaults, **cfg.loss.hparams.get(mode_name, {})}
+    settings: dict[str, Any] = {
+        "mode": mode_name,
+        "hparams": hparams,
+        # KL settings enter only the runs whose loss has a KL term: changing kl_weight
+        # leaves sft and dft untouched.
+        "kl_weight": cfg.loss.kl_weight if mode.uses_kl else 0.0,
+        "kl_direction": cfg.loss.kl_direction if mode.uses_kl else None,
+        "normalize": cfg.loss.normalize,
+        "seed": seed,
+        "method": train.method,
+        "lora": train.lora.model_dump(mode="json") if train.method == "lora" else None,
+        "max_steps": train.max_steps,
+        "epochs": None if train.max_steps else train.epochs,
+        "global_batch_size": train.global_batch_size,
+        "per_device_batch_size": train.per_device_batch_size,
+        "lr": train.lr,
+        "lr_scheduler": train.lr_scheduler,
+        "warmup_steps": train.warmup_steps,
+        "weight_decay": train.weight_decay,
+        "adam_betas": list(train.adam_betas),
+        "max_grad_norm": train.max_grad_norm,
+        "precision": train.precision,
+    }
+    return settings
+
+
+def train_runtime(cfg: Config) -> dict[str, Any]:
+    return {
+        "implementation": cfg.loss.implementation,
+        "chunk_size": cfg.loss.chunk_size,
+        "save_steps": cfg.train.save_steps,
+        "logging_steps": cfg.train.logging_steps,
+        "deepspeed": cfg.train.deepspeed,
+        "gradient_checkpointing": cfg.train.gradient_checkpointing,
+    }
+
+
+def eval_settings(cfg: Config, benchmark: str) -> dict[str, Any]:
+    ev = cfg.eval
+    sampled = ev.temperature > 0
+    return {
+        "benchmark": get_benchmark(benchmark).settings(),
+        "context": {"split_seed": cfg.model.embedded.split_seed} if benchmark.startswith("embedded_") else {},
+        "backend": ev.backend,
+        "template": ev.template,
+        "n_samples": ev.n_samples,
+        "temperature": ev.temperature,
+        "top_p": ev.top_p if sampled else 1.0,
+        "max_new_tokens": ev.max_new_tokens,
+        "stop": list(ev.stop),
+        "seed": ev.seed,
+        "drift": ev.drift,
+        "limit": ev.limit,
+    }
+
+
+@dataclass(frozen=True)
+class Plan:
+    """All nodes of a configuration, by stage and key, plus the rows of the results table."""
+
+    config: Config
+    nodes: dict[str, dict[str, Node]] = field(default_factory=dict)
+
+    def add(self, node: Node) -> Node:
+        self.nodes.setdefault(node.stage, {})[node.key] = node
+        return node
+
+    def node(self, stage: str, key: str) -> Node:
+        try:
+            return self.nodes[stage][key]
+        except KeyError:
+            raise KeyError(f"no {stage} job with key {key} in this configuration") from None
+
+    def keys(self, stage: str) -> list[str]:
+        return sorted(self.nodes.get(stage, {}))
+
+    def iter_nodes(self) -> Iterator[Node]:
+        for stage in self.nodes.values():
+            yield from stage.values()
+
+    def eval_rows(self) -> list[dict[str, Any]]:
+        """One row per evaluation: its labels and key (what the aggregate stage reads)."""
+        return [
+            {**node.labels, "eval_key": node.key}
+            for node in sorted(self.nodes.get("eval", {}).values(), key=lambda n: n.key)
+        ]
+
+
+def build_plan(cfg: Config) -> Plan:
+    plan = Plan(cfg)
+    model = plan.add(_node("model", model_settings(cfg), {}, {"model": cfg.model.id or cfg.model.source}))
+    tokenize_settings = {
+        "template": cfg.tokenize.template,
+        "max_length": cfg.tokenize.max_length,
+        "overlong": cfg.tokenize.overlong,
+    }
+
+    def add_evals(evaluated: Node, labels: dict[str, Any]) -> None:
+        for benchmark in cfg.eval.benchmarks:
+            parents = {"model": evaluated}
+            if cfg.eval.drift and evaluated is not model:
+                parents["base"] = model
+            plan.add(
+                _node(
+                    "eval", eval_settings(cfg, benchmark), parents,
+                    {**labels, "benchmark": benchmark},
+                    {"batch_size": cfg.eval.batch_size, "tensor_parallel": cfg.eval.tensor_parallel},
+                )
+            )
+
+    if cfg.evaluate_base:
+        add_evals(model, {"train_set": "-", "mode": BASE_LABEL, "seed": None})
+    for train_set in cfg.train_sets:
+        data = plan.add(_node("data", data_settings(cfg, train_set), {}, {"train_set": train_set.name}))
+        tokenized = plan.add(
+            _node("tokenize", tokenize_settings, {"model": model, "data": data}, {"train_set": train_set.name},
+                  {"num_proc": cfg.tokenize.num_proc})
+        )
+        for mode in cfg.modes:
+            for seed in cfg.seeds:
+                labels = {"train_set": train_set.name, "mode": mode, "seed": seed}
+                trained = plan.add(
+                    _node("train", train_settings(cfg, mode, seed), {"model": model, "tokenize": tokenized},
+                          labels, train_runtime(cfg))
+                )
+                evaluated = trained
+                if cfg.train.method == "lora":
+                    evaluated = plan.add(
+                        _node("merge", {"dtype": cfg.merge_dtype}, {"train": trained, "model": model}, labels)
+                    )
+                add_evals(evaluated, labels)
+    return plan

@@ -1,0 +1,400 @@
+"""The shared trainer: every training rule runs `train_run`, whatever the loss mode.
+
+`AnchoredTrainer` is a `transformers.Trainer` whose `compute_loss` calls the registered loss
+(asft.losses). It never branches on the mode's name: it asks the mode whether it needs the
+reference model and passes the reference's outputs along. The reference is the same model with
+its LoRA adapters disabled (`disable_adapter()`), or, for full fine-tuning, a frozen copy that
+DeepSpeed prepares like the policy (ZeRO-3 sharded, as TRL prepares DPO's reference).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import shutil
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager, nullcontext
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+from transformers import Trainer, TrainerCallback
+
+from asft.chunked_loss import chunked_loss
+from asft.losses import LossOutput, compute_loss, get_mode
+
+METRICS_FILE = "metrics.jsonl"
+
+
+class NonFiniteLossError(RuntimeError):
+    """Training produced a NaN/inf loss; the last good checkpoint is kept."""
+
+
+@dataclass(frozen=True)
+class LossSpec:
+    """How the trainer computes its loss (resolved from a train node)."""
+
+    mode: str
+    kl_weight: float = 0.0
+    kl_direction: str = "ref_policy"
+    hparams: Mapping[str, float] = field(default_factory=dict)
+    normalize: str = "microbatch_tokens"  # or global_tokens
+    implementation: str = "chunked"  # or full
+    chunk_size: int = 256
+
+    @property
+    def needs_reference(self) -> bool:
+        return get_mode(self.mode).needs_reference
+
+    def loss_kwargs(self) -> dict[str, Any]:
+        return {"kl_weight": self.kl_weight, "kl_direction": self.kl_direction, **self.hparams}
+
+
+def unwrap(model: nn.Module) -> nn.Module:
+    """The plain causal LM under DDP/DeepSpeed and peft wrappers."""
+    while hasattr(model, "module") and isinstance(model.module, nn.Module):
+        model = model.module
+    return model.get_base_model() if hasattr(model, "get_base_model") else model
+
+
+@contextmanager
+def capture_hidden(causal_lm: nn.Module) -> Iterator[dict[str, Tensor]]:
+    """Record the decoder's final (normed) hidden states during a forward pass."""
+    store: dict[str, Tensor] = {}
+
+    def hook(_module: nn.Module, _args: Any, output: Any) -> None:
+        store["hidden"] = output.last_hidden_state if hasattr(output, "last_hidden_state") else output[0]
+
+    handle = causal_lm.get_decoder().register_forward_hook(hook)
+    try:
+        yield store
+    finally:
+        handle.remove()
+
+
+class Reference:
+    """The frozen reference policy: hidden states (chunked loss) or logits (full loss), no grad."""
+
+    def __init__(self, policy: nn.Module, frozen_copy: nn.Module | None = None) -> None:
+        self.policy = policy
+        self.frozen_copy = frozen_copy
+
+    def _context(self):
+        if self.frozen_copy is not None:
+            return nullcontext()
+        peft_model = self.policy
+        while hasattr(peft_model, "module") and isinstance(peft_model.module, nn.Module):
+            peft_model = peft_model.module
+        if not hasattr(peft_model, "disable_adapter"):
+            raise RuntimeError("full fine-tuning needs a frozen reference copy (frozen_copy)")
+        return peft_model.disable_adapter()
+
+    def _model(self) -> nn.Module:
+        return self.frozen_copy if self.frozen_copy is not None else self.policy
+
+    @torch.no_grad()
+    def hidden_and_head(self, inputs: Mapping[str, Tensor]) -> tuple[Tensor, Tensor]:
+        model = self._model()
+        with self._context(), capture_hidden(unwrap(model)) as store:
+            model(**inputs, logits_to_keep=1)
+        return store["hidden"].detach(), unwrap(model).get_output_embeddings().weight.detach()
+
+    @torch.no_grad()
+    def logits(self, inputs: Mapping[str, Tensor]) -> Tensor:
+        with self._context():
+            return self._model()(**inputs).logits.detach()
+
+
+class AnchoredTrainer(Trainer):
+    """HF Trainer with the ASFT loss family. `loss_spec` picks the mode; nothing else changes."""
+
+    def __init__(self, *args: Any, loss_spec: LossSpec, reference: Reference | None, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.loss_spec = loss_spec
+        self.reference = reference
+        if loss_spec.needs_reference and reference is None:
+            raise ValueError(f"mode '{loss_spec.mode}' needs a reference model")
+        # global_tokens: the loss is already divided by the whole accumulated batch's token
+        # count, so the Trainer must neither count it away nor divide by grad_accum again.
+        if loss_spec.normalize == "global_tokens":
+            self.model_accepts_loss_kwargs = True
+            self.loss_is_scaled_for_ga = True
+        else:
+            self.loss_is_scaled_for_ga = False
+        self._term_sums: dict[str, float] = {}
+        self._term_count = 0
+
+    def _loss_terms(self, model: nn.Module, inputs: Mapping[str, Tensor], num_items: Any) -> LossOutput:
+        spec = self.loss_spec
+        labels = inputs["labels"]
+        model_inputs = {k: v for k, v in inputs.items() if k in ("input_ids", "attention_mask")}
+        if spec.implementation == "chunked":
+            causal_lm = unwrap(model)
+            ref_hidden = ref_head = None
+            if spec.needs_reference:
+                ref_hidden, ref_head = self.reference.hidden_and_head(model_inputs)
+            with capture_hidden(causal_lm) as store:
+                model(**model_inputs, logits_to_keep=1)  # through every wrapper; head on 1 position
+            return chunked_loss(
+                store["hidden"], causal_lm.get_output_embeddings().weight, labels, spec.mode,
+                ref_hidden=ref_hidden, ref_head_weight=ref_head, num_items=num_items,
+                chunk_size=spec.chunk_size, **spec.loss_kwargs(),
+            )
+        ref_logits = self.reference.logits(model_inputs) if spec.needs_reference else None
+        logits = model(**model_inputs).logits
+        return compute_loss(logits, labels, spec.mode, ref_logits=ref_logits, num_items=num_items,
+                            **spec.loss_kwargs())
+
+    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        num_items = num_items_in_batch if self.loss_spec.normalize == "global_tokens" else None
+        terms = self._loss_terms(model, inputs, num_items)
+        loss = terms.loss
+        if num_items is not None and self.args.average_tokens_across_devices:
+            # num_items counts every device's tokens and DDP averages gradients: undo the mean.
+            loss = loss * self.accelerator.num_processes
+        if not torch.isfinite(terms.loss.detach()):
+            raise NonFiniteLossError(
+                f"non-finite loss ({terms.loss.item()}) at step {self.state.global_step + 1}; "
+                f"the last good checkpoint is kept in {self.args.output_dir}"
+            )
+        self._record(terms)
+        return (loss, {"terms": terms}) if return_outputs else loss
+
+    def _record(self, terms: LossOutput) -> None:
+        for name in ("ce", "weighted_ce", "kl"):
+            self._term_sums[name] = self._term_sums.get(name, 0.0) + float(getattr(terms, name))
+        self._term_count += 1
+
+    def log(self, logs: dict[str, float], *args: Any, **kwargs: Any) -> None:
+        if "loss" in logs and self._term_count:
+            for name, total in self._term_sums.items():
+                logs[name] = round(total / self._term_count, 6)
+            self._term_sums, self._term_count = {}, 0
+        super().log(logs, *args, **kwargs)
+
+
+
+def pad_collator(pad_id: int):
+    """Right-pad input_ids with pad_id, labels with -100; attention mask marks real tokens."""
+
+    def collate(features: list[Mapping[str, list[int]]]) -> dict[str, Tensor]:
+        width = max(len(f["input_ids"]) for f in features)
+        ids = torch.full((len(features), width), pad_id, dtype=torch.long)
+        labels = torch.full((len(features), width), -100, dtype=torch.long)
+        mask = torch.zeros((len(features), width), dtype=torch.long)
+        for row, feature in enumerate(features):
+            n = len(feature["input_ids"])
+            ids[row, :n] = torch.tensor(feature["input_ids"])
+            labels[row, :n] = torch.tensor(feature["labels"])
+            mask[row, :n] = 1
+        return {"input_ids": ids, "attention_mask": mask, "labels": labels}
+
+    return collate
+
+
+class MetricsWriter:
+    """A TrainerCallback-compatible writer of per-step metrics (jsonl, one line per log)."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+
+    def as_callback(self) -> TrainerCallback:
+        writer = self
+
+        class _Callback(TrainerCallback):
+            def on_log(self, args, state, control, logs=None, **kwargs):
+                if logs and state.is_world_process_zero:
+                    with open(writer.path, "a") as handle:
+                        handle.write(json.dumps({"step": state.global_step, **logs}) + "\n")
+
+        return _Callback()
+
+    def read(self) -> list[dict[str, Any]]:
+        """Entries by step; a resumed run re-logs some steps, and the last entry wins."""
+        if not self.path.exists():
+            return []
+        by_key: dict[tuple, dict] = {}
+        for line in self.path.read_text().splitlines():
+            entry = json.loads(line)
+            by_key[(entry["step"], "loss" in entry)] = entry
+        return [by_key[k] for k in sorted(by_key)]
+
+
+def _deepspeed_stage(path: str | None) -> int:
+    if not path:
+        return 0
+    return int(json.loads(Path(path).read_text()).get("zero_optimization", {}).get("stage", 0))
+
+
+def _world_size() -> int:
+    return int(os.environ.get("WORLD_SIZE", "1"))
+
+
+def _load_model(model_dir: Path, dtype: torch.dtype):
+    from transformers import AutoModelForCausalLM
+
+    return AutoModelForCausalLM.from_pretrained(model_dir, dtype=dtype)
+
+
+def train_run(
+    settings: Mapping[str, Any],
+    runtime: Mapping[str, Any],
+    *,
+    model_dir: Path,
+    dataset_dir: Path,
+    out_dir: Path,
+    checkpoint_dir: Path,
+    threads: int = 1,
+    progress: bool = True,
+) -> dict[str, Any]:
+    """Train one (mode, seed) run; resume from checkpoint_dir if a previous attempt was killed.
+
+    Writes the final adapter (LoRA) or model (full) to `out_dir/model`, the per-step metrics to
+    `out_dir/metrics.jsonl`, a curve plot, and returns summary stats.
+    """
+    from datasets import load_from_disk
+    from transformers import AutoTokenizer, TrainingArguments, set_seed
+    from transformers.trainer_utils import get_last_checkpoint
+
+    torch.set_num_threads(threads)
+    seed = int(settings["seed"])
+    set_seed(seed)
+    bf16 = settings["precision"] == "bf16"
+    dtype = torch.bfloat16 if bf16 else torch.float32
+    stage3 = _deepspeed_stage(runtime.get("deepspeed")) == 3
+    implementation = "full" if stage3 else runtime.get("implementation", "chunked")
+    spec = LossSpec(
+        mode=settings["mode"], kl_weight=float(settings["kl_weight"]),
+        kl_direction=settings["kl_direction"] or "ref_policy", hparams=dict(settings["hparams"]),
+        normalize=settings["normalize"], implementation=implementation,
+        chunk_size=int(runtime.get("chunk_size", 256)),
+    )
+
+    tokenizer = AutoTokenizer.from_pretrained(model_dir)
+    model = _load_model(model_dir, dtype)
+    reference = None
+    if settings["method"] == "lora":
+        from peft import LoraConfig, get_peft_model
+
+        lora = settings["lora"]
+        model = get_peft_model(model, LoraConfig(
+            r=lora["r"], lora_alpha=lora["alpha"], lora_dropout=lora["dropout"],
+            target_modules=list(lora["target_modules"]), task_type="CAUSAL_LM",
+        ))
+        if spec.needs_reference:
+            reference = Reference(model)
+    elif spec.needs_reference:
+        frozen = _load_model(model_dir, dtype).eval().requires_grad_(False)
+        reference = Reference(model, frozen_copy=frozen)
+
+    dataset = load_from_disk(str(dataset_dir))
+    per_device = int(settings["per_device_batch_size"])
+    accumulation = max(1, int(settings["global_batch_size"]) // (per_device * _world_size()))
+    args = TrainingArguments(
+        output_dir=str(checkpoint_dir),
+        max_steps=int(settings["max_steps"]) if settings["max_steps"] else -1,
+        num_train_epochs=float(settings["epochs"] or 1.0),
+        per_device_train_batch_size=per_device,
+        gradient_accumulation_steps=accumulation,
+        learning_rate=float(settings["lr"]),
+        lr_scheduler_type=settings["lr_scheduler"],
+        warmup_steps=int(settings["warmup_steps"]),
+        weight_decay=float(settings["weight_decay"]),
+        adam_beta1=float(settings["adam_betas"][0]),
+        adam_beta2=float(settings["adam_betas"][1]),
+        max_grad_norm=float(settings["max_grad_norm"]),
+        bf16=bf16,
+        seed=seed,
+        data_seed=seed,
+        logging_steps=int(runtime.get("logging_steps", 10)),
+        save_strategy="steps",
+        save_steps=int(runtime.get("save_steps", 100)),
+        save_total_limit=1,
+        report_to=[],
+        dataloader_num_workers=0,
+        remove_unused_columns=False,
+        deepspeed=runtime.get("deepspeed"),
+        gradient_checkpointing=bool(runtime.get("gradient_checkpointing")),
+        disable_tqdm=not progress,
+        use_cpu=not torch.cuda.is_available(),
+    )
+    checkpoint_dir.mkdir(parents=True, exist_ok=True)
+    metrics = MetricsWriter(checkpoint_dir / METRICS_FILE)
+    trainer = AnchoredTrainer(
+        model=model, args=args, train_dataset=dataset, data_collator=pad_collator(tokenizer.pad_token_id),
+        processing_class=tokenizer, loss_spec=spec, reference=reference, callbacks=[metrics.as_callback()],
+    )
+    if reference is not None and reference.frozen_copy is not None:
+        reference.frozen_copy = prepare_reference(reference.frozen_copy, trainer)
+    resume = get_last_checkpoint(str(checkpoint_dir)) if checkpoint_dir.exists() else None
+    result = trainer.train(resume_from_checkpoint=resume)
+
+    final = out_dir / "model"
+    trainer.save_model(str(final))
+    tokenizer.save_pretrained(str(final))
+    entries = metrics.read()
+    with open(out_dir / METRICS_FILE, "w") as handle:
+        for entry in entries:
+            handle.write(json.dumps(entry) + "\n")
+    plot_curves(entries, out_dir / "curves.png", title=f"{settings['mode']} seed {seed}")
+    losses = [e["loss"] for e in entries if "loss" in e]
+    return {
+        "steps": trainer.state.global_step,
+        "resumed_from": Path(resume).name if resume else None,
+        "train_runtime_s": round(result.metrics.get("train_runtime", math.nan), 2),
+        "final_loss": losses[-1] if losses else None,
+        "gradient_accumulation": accumulation,
+        "loss_implementation": implementation,
+    }
+
+
+def prepare_reference(frozen: nn.Module, trainer: Any) -> nn.Module:
+    """Place the frozen reference like the policy: DeepSpeed-initialised (ZeRO-3 shards it across
+    GPUs instead of replicating ~14 GB per GPU for a 7B model), else moved to the policy's device."""
+    if trainer.is_deepspeed_enabled:
+        import copy
+
+        import deepspeed
+
+        ds_config = copy.deepcopy(trainer.accelerator.state.deepspeed_plugin.deepspeed_config)
+        stage = ds_config.get("zero_optimization", {}).get("stage", 0)
+        if stage != 3:
+            ds_config.setdefault("zero_optimization", {})["stage"] = 0  # a frozen copy needs no ZeRO-1/2
+        ds_config.pop("optimizer", None)
+        ds_config.pop("scheduler", None)
+        engine, *_ = deepspeed.initialize(model=frozen, config=ds_config)
+        engine.eval()
+        return engine
+    return frozen.to(trainer.args.device)
+
+
+def plot_curves(entries: list[Mapping[str, Any]], path: Path, *, title: str) -> None:
+    """Loss terms over steps (CE beside the weighted loss: DFT's is 10-100x smaller)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    logged = [e for e in entries if "loss" in e]
+    if not logged:
+        return
+    steps = [e["step"] for e in logged]
+    fig, axes = plt.subplots(1, 2, figsize=(9, 3.2))
+    for name in ("loss", "ce", "weighted_ce"):
+        axes[0].plot(steps, [e.get(name, math.nan) for e in logged], label=name)
+    axes[0].set_xlabel("step")
+    axes[0].legend()
+    axes[0].set_title(title)
+    axes[1].plot(steps, [e.get("kl", math.nan) for e in logged], color="tab:red")
+    axes[1].set_xlabel("step")
+    axes[1].set_title("KL to reference")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def remove_checkpoints(checkpoint_dir: Path) -> None:
+    shutil.rmtree(checkpoint_dir, ignore_errors=True)

@@ -1,0 +1,103 @@
+"""Content keys: stable across processes, changed exactly by what changes a stage's result."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pytest
+
+from asft.config import load_config, parse_config
+from asft.keys import canonical_json, stage_key
+from asft.plan import build_plan
+from tests.test_config import default_raw
+
+
+def keys_by_stage(raw: dict) -> dict[str, set[str]]:
+    plan = build_plan(parse_config(raw))
+    return {stage: set(nodes) for stage, nodes in plan.nodes.items()}
+
+
+def changed(before: dict[str, set[str]], after: dict[str, set[str]]) -> set[str]:
+    return {stage for stage in before.keys() | after.keys() if before.get(stage) != after.get(stage)}
+
+
+def test_canonical_json_ignores_key_order_and_rejects_nan():
+    assert canonical_json({"b": 1, "a": [1, 2]}) == canonical_json({"a": (1, 2), "b": 1})
+    with pytest.raises(ValueError):
+        canonical_json({"x": float("nan")})
+
+
+def test_key_depends_on_settings_parents_and_stage():
+    base = stage_key("train", {"lr": 1e-4}, {"model": "model/abc"})
+    assert base == stage_key("train", {"lr": 1e-4}, {"model": "model/abc"})
+    assert base != stage_key("train", {"lr": 2e-4}, {"model": "model/abc"})
+    assert base != stage_key("train", {"lr": 1e-4}, {"model": "model/abd"})
+    assert base != stage_key("merge", {"lr": 1e-4}, {"model": "model/abc"})
+    assert len(base) == 16 and all(c in "0123456789abcdef" for c in base)
+
+
+def test_keys_are_stable_across_processes():
+    code = "from asft.config import load_config; from asft.plan import build_plan; " \
+           "print(sorted(k for n in build_plan(load_config()).nodes.values() for k in n))"
+    runs = {subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+            for _ in range(2)}
+    assert len(runs) == 1
+    assert runs.pop().strip() == str(sorted(k for n in build_plan(load_config()).nodes.values() for k in n))
+
+
+def test_eval_only_change_changes_only_eval_keys():
+    raw = default_raw()
+    before = keys_by_stage(raw)
+    raw["eval"]["max_new_tokens"] = 40
+    assert changed(before, keys_by_stage(raw)) == {"eval"}
+
+
+def test_new_seed_adds_only_new_runs():
+    raw = default_raw()
+    before = keys_by_stage(raw)
+    raw["seeds"] = [0, 1, 2]
+    after = keys_by_stage(raw)
+    assert before["train"] < after["train"] and len(after["train"] - before["train"]) == 4
+    assert before["model"] == after["model"] and before["tokenize"] == after["tokenize"]
+
+
+def test_kl_weight_touches_only_anchored_modes():
+    raw = default_raw()
+    plan = build_plan(parse_config(raw))
+    raw["loss"]["kl_weight"] = 0.1
+    plan2 = build_plan(parse_config(raw))
+    by_mode = lambda p: {n.labels["mode"]: {m.key for m in p.nodes["train"].values() if m.labels["mode"] == n.labels["mode"]}
+                         for n in p.nodes["train"].values()}
+    a, b = by_mode(plan), by_mode(plan2)
+    assert a["sft"] == b["sft"] and a["dft"] == b["dft"]
+    assert a["asft"].isdisjoint(b["asft"]) and a["sft+kl"].isdisjoint(b["sft+kl"])
+
+
+def test_runtime_only_settings_change_no_key():
+    raw = default_raw()
+    before = keys_by_stage(raw)
+    raw["loss"]["chunk_size"] = 17
+    raw["eval"]["batch_size"] = 3
+    raw["train"]["save_steps"] = 7
+    raw["resources"]["train"]["threads"] = 2
+    assert changed(before, keys_by_stage(raw)) == set()
+
+
+def test_pretrain_change_changes_everything_below():
+    raw = default_raw()
+    before = keys_by_stage(raw)
+    raw["model"]["embedded"]["steps"] = 10
+    after = keys_by_stage(raw)
+    assert changed(before, after) == {"model", "tokenize", "train", "merge", "eval"}
+    assert before["data"] == after["data"]  # the data does not depend on the model
+
+
+def test_two_configs_sharing_a_prefix_share_artifacts():
+    raw = default_raw()
+    one = build_plan(parse_config(raw))
+    raw["modes"] = ["sft", "asft", "sft-topk"]
+    raw["table"] = raw["table"]
+    two = build_plan(parse_config(raw))
+    shared = set(one.nodes["train"]) & set(two.nodes["train"])
+    assert {one.nodes["train"][k].labels["mode"] for k in shared} == {"sft", "asft"}
