@@ -317,7 +317,7 @@ def train_run(
         dataloader_num_workers=0,
         remove_unused_columns=False,
         deepspeed=runtime.get("deepspeed"),
-        gradient_checkpointing=bool(runtime.get("gradient_checkpointing")),
+        activation_checkpointing=bool(runtime.get("gradient_checkpointing")),
         disable_tqdm=not progress,
         use_cpu=not torch.cuda.is_available(),
     )

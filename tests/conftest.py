@@ -1,0 +1,54 @@
+"""Shared fixtures: a tiny pre-trained embedded base model and its tokenized mul train set."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="session")
+def tiny_base(tmp_path_factory) -> Path:
+    """A tiny embedded base model (a few pre-training steps: enough to be a real model)."""
+    import torch
+
+    from asft.embedded.pretrain import EmbeddedBaseSpec, pretrain
+
+    torch.set_num_threads(1)
+    out = tmp_path_factory.mktemp("base")
+    pretrain(EmbeddedBaseSpec(steps=30, batch_size=16, warmup=3, hidden_size=64, intermediate_size=128), out,
+             progress=False)
+    return out
+
+
+@pytest.fixture(scope="session")
+def tiny_dataset(tmp_path_factory, tiny_base) -> Path:
+    from asft.data import build_dataset, tokenize_dataset
+
+    data = tmp_path_factory.mktemp("data")
+    build_dataset({"source": "embedded", "task": "mul", "split_seed": 0, "size": 64, "subsample_seed": 0}, data)
+    tokenized = tmp_path_factory.mktemp("tokenized")
+    tokenize_dataset({"template": "plain", "max_length": 64, "overlong": "truncate"}, data, tiny_base, tokenized)
+    return tokenized / "dataset"
+
+
+def train_settings(mode: str = "asft", **overrides) -> dict:
+    settings = {
+        "mode": mode, "hparams": {}, "kl_weight": 0.05 if mode in ("asft", "sft+kl") else 0.0,
+        "kl_direction": "ref_policy" if mode in ("asft", "sft+kl") else None,
+        "normalize": "microbatch_tokens", "seed": 0, "method": "lora",
+        "lora": {"r": 4, "alpha": 8, "dropout": 0.0, "target_modules": ["q_proj", "v_proj"]},
+        "max_steps": 8, "epochs": None, "global_batch_size": 8, "per_device_batch_size": 4, "lr": 1e-2,
+        "lr_scheduler": "cosine", "warmup_steps": 1, "weight_decay": 0.0, "adam_betas": [0.9, 0.999],
+        "max_grad_norm": 1.0, "precision": "fp32",
+    }
+    settings.update(overrides)
+    return settings
+
+
+RUNTIME = {"implementation": "chunked", "chunk_size": 64, "save_steps": 4, "logging_steps": 1}
