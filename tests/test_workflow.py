@@ -1,0 +1,117 @@
+"""The Snakemake workflow: the DAG, an end-to-end tiny run, and what a re-run schedules."""
+
+from __future__ import annotations
+
+import csv
+import json
+import re
+import subprocess
+import sys
+from collections import Counter
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+TINY = ROOT / "tests" / "configs" / "tiny.yaml"
+SNAKEMAKE = [sys.executable, "-m", "snakemake", "-s", str(ROOT / "Snakefile")]
+
+
+def snakemake(workdir: Path, *args: str, check: bool = True) -> subprocess.CompletedProcess:
+    result = subprocess.run([*SNAKEMAKE, "--directory", str(workdir), *args], capture_output=True, text=True,
+                            timeout=900)
+    if check and result.returncode != 0:
+        raise AssertionError(f"snakemake failed ({result.returncode}):\n{result.stdout[-4000:]}\n{result.stderr[-4000:]}")
+    return result
+
+
+def planned_jobs(workdir: Path, *args: str) -> Counter:
+    """Jobs a dry run would execute, by rule (parsed from the 'Job stats' table)."""
+    out = snakemake(workdir, "-n", *args).stdout
+    jobs: Counter = Counter()
+    if "Nothing to be done" in out:
+        return jobs
+    table = out.split("Job stats:")[1].split("total")[0]
+    for line in table.splitlines():
+        match = re.match(r"^(\w+)\s+(\d+)$", line.strip())
+        if match:
+            jobs[match.group(1)] = int(match.group(2))
+    return jobs
+
+
+def test_dry_run_of_the_default_lists_the_expected_jobs(tmp_path):
+    jobs = planned_jobs(tmp_path)
+    # 4 modes x 2 seeds; 3 benchmarks for the base model and for each of the 8 runs.
+    assert jobs == Counter(download_model=1, download_data=1, tokenize=1, train=8, merge=8, eval=27,
+                           aggregate=1, all=1)
+
+
+def test_bad_config_fails_at_parse_time_naming_the_field(tmp_path):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("modes: [sft, asfd]\n")
+    result = snakemake(tmp_path, "-n", "--configfile", str(bad), check=False)
+    assert result.returncode != 0
+    assert "asfd" in result.stdout + result.stderr and "did you mean 'asft'" in result.stdout + result.stderr
+
+
+@pytest.fixture(scope="module")
+def tiny_run(tmp_path_factory) -> Path:
+    workdir = tmp_path_factory.mktemp("workflow")
+    snakemake(workdir, "--configfile", str(TINY), "--cores", "2")
+    return workdir
+
+
+@pytest.mark.slow
+def test_end_to_end_tiny_run_produces_the_table(tiny_run):
+    with open(tiny_run / "results" / "table.csv") as handle:
+        rows = list(csv.DictReader(handle))
+    assert [row["mode"] for row in rows] == ["base", "sft", "asft"]
+    for row in rows:
+        for column in ("embedded_mul_mean", "embedded_add_mean", "embedded_sub_mean", "target_mean", "drift_mean"):
+            value = float(row[column])
+            assert 0.0 <= value <= 100.0
+    trained = {row["mode"]: row for row in rows}
+    assert float(trained["sft"]["drift_mean"]) > 0 and float(trained["asft"]["drift_mean"]) > 0
+    assert "± " not in (tiny_run / "results" / "table.md").read_text().split("| base")[1].split("\n")[0]
+    for name in ("table.md", "table.tex", "runs.csv", "table.png"):
+        assert (tiny_run / "results" / name).stat().st_size > 0
+    # Every artifact has a manifest whose file hashes match.
+    from asft.artifacts import file_hashes
+
+    manifests = list((tiny_run / "results").glob("*/*/manifest.json"))
+    assert len(manifests) == 1 + 1 + 1 + 2 + 2 + 9
+    for manifest in manifests:
+        recorded = json.loads(manifest.read_text())
+        assert recorded["files"] == file_hashes(manifest.parent)
+        assert recorded["key"] == manifest.parent.name
+    assert not list((tiny_run / "results").glob("*/*.tmp-*")) and not list((tiny_run / "results").glob("train/*.partial"))
+    samples = (next((tiny_run / "results" / "eval").glob("*/samples.jsonl"))).read_text().splitlines()
+    assert {"prompt", "completion", "extracted", "gold", "correct"} <= set(json.loads(samples[0]))
+
+
+@pytest.mark.slow
+def test_rerun_with_nothing_changed_schedules_no_job(tiny_run):
+    assert planned_jobs(tiny_run, "--configfile", str(TINY)) == Counter()
+
+
+@pytest.mark.slow
+def test_eval_only_change_schedules_only_eval_and_aggregate(tiny_run, tmp_path):
+    layer = tmp_path / "eval_change.yaml"
+    layer.write_text("eval: {max_new_tokens: 30}\n")
+    jobs = planned_jobs(tiny_run, "--configfile", str(TINY), str(layer))
+    assert jobs == Counter(eval=9, aggregate=1, all=1)
+
+
+@pytest.mark.slow
+def test_new_seed_trains_only_the_new_seed(tiny_run, tmp_path):
+    layer = tmp_path / "seeds.yaml"
+    layer.write_text("seeds: [0, 1]\n")
+    jobs = planned_jobs(tiny_run, "--configfile", str(TINY), str(layer))
+    assert jobs == Counter(train=2, merge=2, eval=6, aggregate=1, all=1)
+
+
+@pytest.mark.slow
+def test_runtime_only_change_schedules_nothing(tiny_run, tmp_path):
+    layer = tmp_path / "runtime.yaml"
+    layer.write_text("eval: {batch_size: 7}\nloss: {chunk_size: 33}\nresources: {train: {threads: 2}}\n")
+    assert planned_jobs(tiny_run, "--configfile", str(TINY), str(layer)) == Counter()
