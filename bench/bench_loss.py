@@ -4,8 +4,14 @@ A random-initialised tiny Qwen2 body with a real-size vocabulary, wrapped with L
 training step (forward and backward of the body and the loss; for KL modes also the no-grad reference
 forward under ``disable_adapter``) with
 
-  upstream: ``compute_loss`` on the model's full logits, reference logits from a second forward;
+  upstream: ``compute_loss`` on the model's full logits, reference logits from a second forward
+            (upstream's code also softmaxes prompt and padding positions; ``compute_loss`` selects the
+            response positions first, so this is a slightly lighter "upstream style");
   chunked:  ``chunked_loss`` on the decoder's hidden states and the head weight.
+
+The floor is (sft step + one no-grad reference forward) / sft step, measured in the sft process: the
+reference forward is the full model for upstream, the body plus the chunked head (softmax of the
+response positions, no gradient) for chunked.
 
 Each (implementation, mode) runs in a fresh subprocess. Time: median wall time of the timed steps after
 warm-up. Memory: peak resident set size during a step minus the resident set size just before it
@@ -141,12 +147,13 @@ def make_step(impl, mode, model, ids, labels, args):
         model.zero_grad(set_to_none=True)
         return out.loss.item()
 
-    def ref_forward():  # one no-grad reference forward, what a KL mode adds at least
+    def ref_forward():  # one no-grad reference forward (body and head), what a KL mode adds at least
         with torch.no_grad(), model.disable_adapter():
             if impl == "upstream":
                 model(input_ids=ids).logits
-            else:
-                decoder(input_ids=ids).last_hidden_state
+            else:  # the lean head: softmax of the response positions, chunk by chunk
+                ref_hidden = decoder(input_ids=ids).last_hidden_state
+                chunked_loss(ref_hidden, head, labels, "sft", chunk_size=args.chunk_size)
 
     return step, ref_forward
 

@@ -478,6 +478,10 @@ def test_lora_qwen2_reference_by_disable_adapter(direction):
                        kl_direction=direction, chunk_size=7)
     assert abs(out.kl.item()) < 1e-6  # lora_B = 0 at init: the adapter is the identity
     g_chunk = torch.autograd.grad(out.loss, lora)
+    # the trainer passes the reference head explicitly, as a detached view of the same weight
+    again = chunked_loss(decoder(input_ids=ids).last_hidden_state, head, labels, "asft", ref_hidden=ref_hidden,
+                         ref_head_weight=head.detach(), kl_weight=0.1, kl_direction=direction, chunk_size=7)
+    assert torch.equal(again.loss, out.loss)
 
     logits = model(input_ids=ids).logits
     with torch.no_grad(), model.disable_adapter():
@@ -491,3 +495,13 @@ def test_lora_qwen2_reference_by_disable_adapter(direction):
     lora_b = [g for (n, _), g in zip([(n, p) for n, p in model.named_parameters() if "lora_" in n], g_chunk)
               if "lora_B" in n]
     assert all(g.abs().sum() > 0 for g in lora_b)  # gradients reach the adapters
+
+
+def test_chunked_under_no_grad_gives_the_terms_only():
+    hidden, ref_hidden, weight, labels = make_hidden(seed=4)
+    h, w = hidden.clone().requires_grad_(), weight.clone().requires_grad_()
+    with torch.no_grad():
+        out = chunked_loss(h, w, labels, "asft", ref_hidden=ref_hidden, kl_weight=0.1, chunk_size=5)
+    full = compute_loss(hidden @ weight.T, labels, "asft", ref_logits=ref_hidden @ weight.T, kl_weight=0.1)
+    assert not out.loss.requires_grad and torch.allclose(out.loss, full.loss, rtol=1e-5)
+    assert torch.allclose(out.kl, full.kl, rtol=1e-5) and out.n_tokens == full.n_tokens

@@ -12,8 +12,16 @@ and D the normalisation:
     dKL/dz = p - q                                  for KL(ref || policy)  ("ref_policy")
     dKL/dz_j = p_j * ((log p_j - log q_j) - KL)     for KL(policy || ref)  ("policy_ref")
 
-and with h the chunk's hidden states and W the head weight: grad_h = G @ W, grad_W += G^T @ h.
-The head matmul and everything after it run in fp32 whatever the input dtype.
+and with G the (chunk, V) block of these gradients, h the chunk's hidden states and W the head weight:
+grad_h = G @ W, grad_W += G^T @ h.
+The head matmul and everything after it run in fp32 whatever the input dtype (a bf16 head is copied to
+fp32 once per call; the reference reuses that copy when it is the same head).
+
+Memory beyond the inputs: two (chunk_size, V) fp32 buffers per model (four with a reference model),
+grad_h (N, H) fp32, and grad_W (V, H) fp32 only when the head is trained. The forward pass does all
+the work (one head matmul per chunk and model, one G @ W, and G^T @ h when the head trains); for modes
+whose weights depend on the whole call (``batch_level``: top-k, anti-outlier) a first pass computes the
+CE of every token before the weights, and the second pass recomputes the chunk logits for the gradient.
 """
 
 from __future__ import annotations
@@ -61,7 +69,9 @@ def chunked_loss(
             when the mode ``needs_reference``.
         ref_head_weight: (V, H) the reference head; defaults to ``head_weight`` (LoRA: the head is frozen).
         kl_weight, kl_direction, num_items, **mode_hparams: as in :func:`asft.losses.compute_loss`.
-        chunk_size: response positions per chunk; memory holds one (chunk_size, V) fp32 block per model.
+        chunk_size: response positions per chunk. Each model holds two (chunk_size, V) fp32 buffers,
+            log-probabilities and probabilities (the latter becomes the chunk's logit gradient), allocated
+            once per call and reused by every chunk.
 
     Returns:
         :class:`asft.losses.LossOutput`, equal to ``compute_loss(hidden @ head_weight.T, ...)``; ``loss``
@@ -75,7 +85,9 @@ def chunked_loss(
         mode_hparams=mode_hparams,
     )
     if hidden.dim() != 3 or labels.shape != hidden.shape[:2]:
-        raise ValueError(f"hidden must be (B, T, H) and labels (B, T); got {tuple(hidden.shape)}, {tuple(labels.shape)}")
+        raise ValueError(
+            f"hidden must be (B, T, H) and labels (B, T); got {tuple(hidden.shape)}, {tuple(labels.shape)}"
+        )
     if head_weight.dim() != 2 or head_weight.shape[1] != hidden.shape[2]:
         raise ValueError(f"head_weight must be (V, H={hidden.shape[2]}), got {tuple(head_weight.shape)}")
     if chunk_size < 1:
@@ -106,6 +118,7 @@ def chunked_loss(
         kl_direction=kl_direction,
         d=denominator(num_items, n),
         chunk_size=chunk_size,
+        grad_enabled=torch.is_grad_enabled(),
     )
     if not spec.needs_reference:
         ref_hidden = ref_head_weight = None
@@ -122,6 +135,7 @@ class _Plan:
     kl_direction: str
     d: float  # normalisation D
     chunk_size: int
+    grad_enabled: bool  # autograd on at the call (inside Function.forward it is always off)
 
 
 class _ChunkedLoss(torch.autograd.Function):
@@ -130,45 +144,53 @@ class _ChunkedLoss(torch.autograd.Function):
     @staticmethod
     def forward(ctx, hidden, head_weight, ref_hidden, ref_head_weight, rows, y, plan: _Plan):
         B, T, H = hidden.shape
-        need_grad_h, need_grad_w = ctx.needs_input_grad[0], ctx.needs_input_grad[1]
+        need_grad_h = plan.grad_enabled and ctx.needs_input_grad[0]  # under no_grad: loss terms only
+        need_grad_w = plan.grad_enabled and ctx.needs_input_grad[1]
+        want_grad = need_grad_h or need_grad_w
         spec = plan.spec
 
         h = hidden.detach().reshape(B * T, H).index_select(0, rows).float()  # (N, H)
         w_head = head_weight.detach().float()  # (V, H), no copy when already fp32
-        ref = None
-        if ref_hidden is not None:
-            rh = ref_hidden.detach().reshape(B * T, -1).index_select(0, rows).float()  # (N, H_ref)
-            ref = (rh, w_head if ref_head_weight is head_weight else ref_head_weight.detach().float())
-
-        n = y.numel()
+        n, vocab = y.numel(), w_head.shape[0]
         chunks = [slice(i, min(i + plan.chunk_size, n)) for i in range(0, n, plan.chunk_size)]
+        policy = _SoftmaxBlock(h, w_head, rows=chunks[0].stop)
+        reference = None
+        if ref_hidden is not None:
+            ref_h = ref_hidden.detach().reshape(B * T, -1).index_select(0, rows).float()  # (N, H_ref)
+            ref_w = w_head if _same_tensor(ref_head_weight, head_weight) else ref_head_weight.detach().float()
+            reference = _SoftmaxBlock(ref_h, ref_w, rows=chunks[0].stop)
         grad_h = h.new_zeros(n, H) if need_grad_h else None  # (N, H)
         grad_w = torch.zeros_like(w_head) if need_grad_w else None  # (V, H)
 
-        weights = None
-        if spec.batch_level:  # pass 1: statistics of all tokens, then the weights
-            stats = [_token_stats(h[c], y[c], w_head, ref, spec.needs_ref_probs) for c in chunks]
-            weights = spec.weights(_cat_stats(stats), **plan.hparams)  # (N,)
-
-        terms = h.new_zeros(3, dtype=torch.float64)  # sums of CE, w*CE and KL over the tokens
-        for c in chunks:  # (pass 2 for batch-level modes): loss terms and the gradient of each chunk
-            logp = _log_softmax_(h[c] @ w_head.T)  # (c, V) fp32
+        def token_stats(c, logp, q):  # detached statistics of the chunk's tokens
             ce = -logp.gather(1, y[c, None]).squeeze(1)  # (c,)
-            ref_logp = _log_softmax_(ref[0][c] @ ref[1].T) if ref is not None else None  # (c, V)
-            if weights is not None:
-                w = weights[c]
-            else:
-                ref_pt = ref_logp.gather(1, y[c, None]).squeeze(1).exp() if spec.needs_ref_probs else None
-                w = spec.weights(TokenStats(ce=ce, p_target=torch.exp(-ce), ref_p_target=ref_pt), **plan.hparams)
-            kl, grad_z = _kl_and_grad(logp, ref_logp, y[c], w, plan, want_grad=need_grad_h or need_grad_w)
-            del logp, ref_logp
-            terms += torch.stack([ce.sum(), (w * ce).sum(), kl.sum()])
-            if grad_z is not None:
-                if need_grad_h:
-                    grad_h[c] = grad_z @ w_head  # (c, H)
-                if need_grad_w:
-                    grad_w.addmm_(grad_z.T, h[c])  # (V, H)
-            del grad_z
+            ref_pt = q.gather(1, y[c, None]).squeeze(1) if spec.needs_ref_probs else None
+            return TokenStats(ce=ce, p_target=torch.exp(-ce), ref_p_target=ref_pt)
+
+        weights = None
+        if spec.batch_level:  # pass 1: statistics of all tokens, then the weights (N,)
+            stats = []
+            for c in chunks:
+                logp, _ = policy.softmax(c)
+                q = reference.softmax(c)[1] if spec.needs_ref_probs else None
+                stats.append(token_stats(c, logp, q))
+            weights = spec.weights(_cat_stats(stats), **plan.hparams)
+
+        terms = h.new_zeros(3, dtype=torch.float64)  # sums over the tokens of CE, w*CE and KL
+        for c in chunks:  # (pass 2 for batch-level modes): loss terms and the gradient of each chunk
+            logp, p = policy.softmax(c)  # (c, V) each
+            logq, q = reference.softmax(c) if reference is not None else (None, None)
+            stats = token_stats(c, logp, q)
+            w = weights[c] if weights is not None else spec.weights(stats, **plan.hparams)  # (c,)
+            kl, grad_z = _kl_and_grad_(
+                logp, p, logq if spec.uses_kl else None, q, y[c], w, plan.kl_weight, plan.kl_direction, want_grad
+            )
+            terms += torch.stack([stats.ce.sum(), (w * stats.ce).sum(), kl.sum()])
+            if need_grad_h:
+                torch.mm(grad_z, w_head, out=grad_h[c])  # (c, H)
+            if need_grad_w:
+                grad_w.addmm_(grad_z.T, h[c])  # (V, H)
+        del policy, reference
 
         loss = ((terms[1] + plan.kl_weight * terms[2]) / plan.d).float()
         if grad_h is not None:
@@ -195,21 +217,32 @@ class _ChunkedLoss(torch.autograd.Function):
         return grad_hidden, grad_head, None, None, None, None, None
 
 
-def _log_softmax_(z: Tensor) -> Tensor:
-    """log_softmax over the last dim, in place on the (c, V) fp32 block ``z``."""
-    return z.sub_(z.logsumexp(-1, keepdim=True))
+class _SoftmaxBlock:
+    """One model's head over the chunks: two (chunk, V) fp32 buffers, allocated once per call and
+    reused by every chunk, hold the log-probabilities and the probabilities of the current chunk."""
+
+    def __init__(self, h: Tensor, weight: Tensor, rows: int):
+        self.h, self.weight = h, weight  # (N, H), (V, H) fp32
+        self.logp_buf = h.new_empty(rows, weight.shape[0])  # (chunk, V)
+        self.p_buf = torch.empty_like(self.logp_buf)  # (chunk, V)
+
+    def softmax(self, c: slice) -> tuple[Tensor, Tensor]:
+        """log p and p (c, V) of the rows ``c``: logits z = h W^T, then a stable softmax in place."""
+        logp, p = self.logp_buf[: c.stop - c.start], self.p_buf[: c.stop - c.start]
+        torch.mm(self.h[c], self.weight.T, out=logp)  # z
+        logp.sub_(logp.amax(-1, keepdim=True))  # z - max z
+        torch.exp(logp, out=p)
+        total = p.sum(-1, keepdim=True)
+        p.div_(total)  # p = softmax(z)
+        logp.sub_(total.log_())  # log p = z - logsumexp(z)
+        return logp, p
 
 
-def _token_stats(h: Tensor, y: Tensor, w_head: Tensor, ref, need_ref_probs: bool) -> TokenStats:
-    """CE and target probabilities of one chunk (pass 1 of batch-level modes)."""
-    z = h @ w_head.T  # (c, V)
-    ce = z.logsumexp(-1) - z.gather(1, y[:, None]).squeeze(1)  # (c,)
-    del z
-    ref_pt = None
-    if need_ref_probs:
-        zr = ref[0] @ ref[1].T  # (c, V)
-        ref_pt = (zr.gather(1, y[:, None]).squeeze(1) - zr.logsumexp(-1)).exp()
-    return TokenStats(ce=ce, p_target=torch.exp(-ce), ref_p_target=ref_pt)
+def _same_tensor(a: Tensor, b: Tensor) -> bool:
+    """Whether ``a`` and ``b`` are the same data (e.g. a detached view of the head): one fp32 copy then."""
+    return a is b or (
+        a.data_ptr() == b.data_ptr() and a.shape == b.shape and a.stride() == b.stride() and a.dtype == b.dtype
+    )
 
 
 def _cat_stats(stats: list[TokenStats]) -> TokenStats:
@@ -219,30 +252,33 @@ def _cat_stats(stats: list[TokenStats]) -> TokenStats:
     )
 
 
-def _kl_and_grad(
-    logp: Tensor, ref_logp: Tensor | None, y: Tensor, w: Tensor, plan: _Plan, *, want_grad: bool
+def _kl_and_grad_(
+    logp: Tensor,
+    p: Tensor,
+    logq: Tensor | None,
+    q: Tensor | None,
+    y: Tensor,
+    w: Tensor,
+    kl_weight: float,
+    direction: str,
+    want_grad: bool,
 ) -> tuple[Tensor, Tensor | None]:
-    """Per-token KL (c,) and the unnormalised gradient w.r.t. the logits (c, V):
-    G = w * (p - onehot(y)) + kl_weight * dKL/dz. Reuses the ``logp`` / ``ref_logp`` buffers."""
-    uses_kl = plan.spec.uses_kl
-    if not uses_kl and not want_grad:
-        return logp.new_zeros(logp.shape[0]), None
-    p = logp.exp()  # (c, V)
-    kl = logp.new_zeros(logp.shape[0])
-    kl_grad = None  # dKL/dz, (c, V)
-    if uses_kl:
-        if plan.kl_direction == "ref_policy":  # KL(q || p) = sum q (log q - log p); dKL/dz = p - q
-            q = ref_logp.exp()  # (c, V)
-            kl = (q * ref_logp.sub_(logp)).sum(-1)  # ref_logp now holds log q - log p
-            kl_grad = q.neg_().add_(p) if want_grad else None
-        else:  # KL(p || q) = sum p (log p - log q); dKL/dz_j = p_j (log p_j - log q_j - KL)
-            diff = ref_logp.neg_().add_(logp)  # (c, V) log p - log q, in ref_logp's buffer
-            kl = (p * diff).sum(-1)
-            kl_grad = diff.sub_(kl[:, None]).mul_(p) if want_grad else None
+    """Per-token KL (c,) (zeros when ``logq`` is None) and, if ``want_grad``, the unnormalised gradient
+    w.r.t. the logits G = w * (p - onehot(y)) + kl_weight * dKL/dz (c, V), written into p's buffer.
+    Overwrites the buffers of p, logq and q; logp is left intact."""
+    kl, dkl = torch.zeros_like(w), None
+    if logq is not None:
+        if direction == "ref_policy":  # KL(q || p) = sum_v q (log q - log p);  dKL/dz = p - q
+            kl = logq.sub_(logp).mul_(q).sum(-1)
+            dkl = q.neg_().add_(p) if want_grad else None
+        else:  # KL(p || q) = sum_v p (log p - log q);  dKL/dz_j = p_j ((log p_j - log q_j) - KL)
+            diff = logq.neg_().add_(logp)  # log p - log q
+            kl = torch.mul(diff, p, out=q).sum(-1)
+            dkl = diff.sub_(kl[:, None]).mul_(p) if want_grad else None
     if not want_grad:
         return kl, None
-    grad = p.mul_(w[:, None])  # w * p, in p's buffer
-    grad.scatter_add_(1, y[:, None], -w[:, None])  # - w * onehot(y)
-    if kl_grad is not None:
-        grad.add_(kl_grad, alpha=plan.kl_weight)
+    grad = p.mul_(w[:, None])  # w p
+    grad.scatter_add_(1, y[:, None], -w[:, None])  # w (p - onehot(y))
+    if dkl is not None:
+        grad.add_(dkl, alpha=kl_weight)
     return kl, grad

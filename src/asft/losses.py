@@ -167,10 +167,8 @@ def get_mode(mode: str | LossMode) -> LossMode:
         return _MODES[mode]
     except (KeyError, TypeError):
         close = difflib.get_close_matches(str(mode), list(_MODES), n=1)
-        hint = f"; did you mean {close[0]!r}?" if close else ""
-        raise ValueError(
-            f"unknown loss mode {mode!r}{hint} Known modes: {', '.join(available_modes())}"
-        ) from None
+        hint = f" (did you mean {close[0]!r}?)" if close else ""
+        raise ValueError(f"unknown loss mode {mode!r}{hint}; known modes: {', '.join(available_modes())}") from None
 
 
 def available_modes() -> tuple[str, ...]:
@@ -326,7 +324,9 @@ def compute_loss(
         mode_hparams=mode_hparams,
     )
     if logits.dim() != 3 or labels.shape != logits.shape[:2]:
-        raise ValueError(f"logits must be (B, T, V) and labels (B, T); got {tuple(logits.shape)}, {tuple(labels.shape)}")
+        raise ValueError(
+            f"logits must be (B, T, V) and labels (B, T); got {tuple(logits.shape)}, {tuple(labels.shape)}"
+        )
     if spec.needs_reference and ref_logits.shape != logits.shape:
         raise ValueError(f"ref_logits shape {tuple(ref_logits.shape)} != logits shape {tuple(logits.shape)}")
 
