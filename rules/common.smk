@@ -35,6 +35,18 @@ merge_inputs = parent_manifests("merge")
 eval_inputs = parent_manifests("eval")
 
 
+def report_labels(stage):
+    """Report labels of a node (train set, mode, seed) for `snakemake --report`."""
+
+    def labels(wildcards):
+        return {name: str(value) for name, value in PLAN.node(stage, wildcards.key).labels.items()}
+
+    return labels
+
+
+train_labels = report_labels("train")
+
+
 def eval_manifests(wildcards):
     return [f"results/eval/{key}/manifest.json" for key in PLAN.keys("eval")]
 

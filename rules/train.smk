@@ -3,6 +3,12 @@ rule train:
         unpack(train_inputs),
     output:
         manifest="results/train/{key}/manifest.json",
+        curves=report(
+            "results/train/{key}/curves.png",
+            caption="../report/curves.rst",
+            category="Training curves",
+            labels=train_labels,
+        ),
     log:
         "logs/train/{key}.log",
     benchmark:

@@ -130,3 +130,28 @@ def test_resume_after_sigkill_gives_the_same_weights(tmp_path, tiny_base, tiny_d
     assert stats["resumed_from"] == checkpoints[-1].name
     for name, tensor in adapter(uninterrupted).items():
         assert torch.allclose(tensor, adapter(out)[name], atol=1e-6), name
+
+
+def test_full_fine_tuning_uses_a_frozen_reference_copy(tmp_path, tiny_base, tiny_dataset):
+    stats, out = run(tmp_path, tiny_base, tiny_dataset, train_settings("asft", method="full", lora=None, max_steps=3,
+                                                                       lr=1e-3))
+    logged = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    logged = [e for e in logged if "loss" in e]
+    assert logged[0]["kl"] == pytest.approx(0.0, abs=1e-7) and logged[-1]["kl"] > 0
+    weights = load_file(next((out / "model").glob("*.safetensors")))
+    base = load_file(next(tiny_base.glob("*.safetensors")))
+    changed = [name for name in base if name in weights and not torch.equal(base[name], weights[name])]
+    assert changed, "full fine-tuning changed no weight"
+
+
+def test_two_process_training_with_torchrun(tmp_path, tiny_base, tiny_dataset):
+    from asft.trainer import launch_distributed
+
+    out = tmp_path / "out"
+    out.mkdir()
+    settings = train_settings("asft", max_steps=3, global_batch_size=8, per_device_batch_size=4)
+    stats = launch_distributed(settings, RUNTIME, model_dir=tiny_base, dataset_dir=tiny_dataset, out_dir=out,
+                               checkpoint_dir=tmp_path / "ckpt", threads=1, num_processes=2)
+    assert stats["steps"] == 3
+    assert stats["gradient_accumulation"] == 1  # 8 = 4 per device x 2 processes
+    assert (out / "model" / "adapter_model.safetensors").exists()

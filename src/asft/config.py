@@ -159,6 +159,10 @@ class TrainConfig(_Strict):
     precision: Literal["fp32", "bf16"] = Field("fp32", description="Training precision (bf16 needs a GPU).")
     deepspeed: str | None = Field(None, description="DeepSpeed config file (e.g. config/deepspeed/zero3.json).")
     gradient_checkpointing: bool = Field(False, description="Recompute activations to save memory.")
+    num_processes: int | None = Field(
+        None, ge=1, description="Training processes (torchrun); null: one per GPU of resources.train.gpus. "
+        "Not in the key."
+    )
     save_steps: int = Field(100, ge=1, description="Checkpoint every N steps (resume point). Not in the key.")
     logging_steps: int = Field(10, ge=1, description="Log metrics every N steps. Not in the key.")
 

@@ -87,6 +87,7 @@ def train_runtime(cfg: Config) -> dict[str, Any]:
         "logging_steps": cfg.train.logging_steps,
         "deepspeed": cfg.train.deepspeed,
         "gradient_checkpointing": cfg.train.gradient_checkpointing,
+        "num_processes": cfg.train.num_processes or max(1, cfg.resources.train.gpus),
     }
 
 

@@ -52,11 +52,14 @@ def checkpoint_dir(final: Path) -> Path:
 
 
 def _train(node: Node, inputs: Mapping[str, Path], out: Path, threads: int, final: Path) -> dict[str, Any]:
-    from asft.trainer import train_run
+    from asft.trainer import launch_distributed, train_run
 
-    return train_run(node.settings, node.runtime, model_dir=inputs["model"],
-                     dataset_dir=inputs["tokenize"] / "dataset", out_dir=out,
-                     checkpoint_dir=checkpoint_dir(final), threads=threads)
+    paths = {"model_dir": inputs["model"], "dataset_dir": inputs["tokenize"] / "dataset", "out_dir": out,
+             "checkpoint_dir": checkpoint_dir(final), "threads": threads}
+    processes = int(node.runtime.get("num_processes", 1))
+    if processes > 1:
+        return launch_distributed(node.settings, node.runtime, num_processes=processes, **paths)
+    return train_run(node.settings, node.runtime, **paths)
 
 
 def _merge(node: Node, inputs: Mapping[str, Path], out: Path, threads: int) -> dict[str, Any]:
@@ -153,4 +156,9 @@ def run_aggregate_from_snakemake(smk: Any) -> None:
         table = aggregate(params.rows, eval_dirs, Path(smk.output.csv).parent, benchmarks=params.benchmarks,
                           target=params.target, retention=params.retention, mode_order=params.modes,
                           title=params.title)
+        import yaml
+
+        tmp = Path(smk.output.config).with_suffix(".yaml.tmp")
+        tmp.write_text(yaml.safe_dump(params.config, sort_keys=False))
+        tmp.replace(smk.output.config)
         print(table.to_string(), flush=True)

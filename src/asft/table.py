@@ -121,7 +121,7 @@ def bar_chart(table: pd.DataFrame, path: Path) -> None:
         axis.set_xticks(range(len(table)), labels, fontsize=8)
         axis.set_title(title, fontsize=10)
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
+    fig.savefig(path, dpi=120, format="png")
     plt.close(fig)
 
 
@@ -137,7 +137,9 @@ def aggregate(eval_rows: Sequence[Mapping[str, Any]], eval_dirs: Mapping[str, Pa
     _write_atomic(out_dir / "table.csv", table.to_csv(index=False, float_format="%.4f"))
     _write_atomic(out_dir / "table.md", markdown_table(table, benchmarks, title=title))
     _write_atomic(out_dir / "table.tex", latex_table(table, benchmarks))
-    bar_chart(table, out_dir / "table.png")
+    chart = out_dir / "table.png.tmp"
+    bar_chart(table, chart)
+    chart.replace(out_dir / "table.png")
     return table
 
 

@@ -333,7 +333,9 @@ def train_run(
     result = trainer.train(resume_from_checkpoint=resume)
 
     final = out_dir / "model"
-    trainer.save_model(str(final))
+    trainer.save_model(str(final))  # every rank takes part (ZeRO-3 gathers); rank 0 writes
+    if not trainer.is_world_process_zero():
+        return {}
     tokenizer.save_pretrained(str(final))
     entries = metrics.read()
     with open(out_dir / METRICS_FILE, "w") as handle:
@@ -349,6 +351,42 @@ def train_run(
         "gradient_accumulation": accumulation,
         "loss_implementation": implementation,
     }
+
+
+def launch_distributed(settings: Mapping[str, Any], runtime: Mapping[str, Any], *, model_dir: Path,
+                       dataset_dir: Path, out_dir: Path, checkpoint_dir: Path, threads: int,
+                       num_processes: int) -> dict[str, Any]:
+    """Run `train_run` in `num_processes` processes with torchrun (one per GPU; gloo on CPU).
+
+    DeepSpeed and DDP both work under torchrun with the HF Trainer; the ZeRO config comes from
+    `train.deepspeed`. Rank 0 writes the outputs and the stats file read back here.
+    """
+    import subprocess
+    import sys
+
+    checkpoint_dir.mkdir(parents=True, exist_ok=True)
+    spec = checkpoint_dir / "launch.json"
+    stats_file = checkpoint_dir / "launch_stats.json"
+    stats_file.unlink(missing_ok=True)
+    spec.write_text(json.dumps({
+        "settings": dict(settings), "runtime": dict(runtime), "model_dir": str(model_dir),
+        "dataset_dir": str(dataset_dir), "out_dir": str(out_dir), "checkpoint_dir": str(checkpoint_dir),
+        "threads": threads, "stats_file": str(stats_file),
+    }))
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={num_processes}",
+               "-m", "asft.trainer", str(spec)]
+    print("[asft] launching:", " ".join(command), flush=True)
+    subprocess.run(command, check=True)
+    return json.loads(stats_file.read_text())
+
+
+def _distributed_worker(spec_path: str) -> None:
+    spec = json.loads(Path(spec_path).read_text())
+    stats = train_run(spec["settings"], spec["runtime"], model_dir=Path(spec["model_dir"]),
+                      dataset_dir=Path(spec["dataset_dir"]), out_dir=Path(spec["out_dir"]),
+                      checkpoint_dir=Path(spec["checkpoint_dir"]), threads=spec["threads"])
+    if int(os.environ.get("RANK", "0")) == 0:
+        Path(spec["stats_file"]).write_text(json.dumps(stats))
 
 
 def prepare_reference(frozen: nn.Module, trainer: Any) -> nn.Module:
@@ -379,8 +417,6 @@ def plot_curves(entries: list[Mapping[str, Any]], path: Path, *, title: str) -> 
     import matplotlib.pyplot as plt
 
     logged = [e for e in entries if "loss" in e]
-    if not logged:
-        return
     steps = [e["step"] for e in logged]
     fig, axes = plt.subplots(1, 2, figsize=(9, 3.2))
     for name in ("loss", "ce", "weighted_ce"):
@@ -398,3 +434,9 @@ def plot_curves(entries: list[Mapping[str, Any]], path: Path, *, title: str) -> 
 
 def remove_checkpoints(checkpoint_dir: Path) -> None:
     shutil.rmtree(checkpoint_dir, ignore_errors=True)
+
+
+if __name__ == "__main__":  # a torchrun worker: python -m asft.trainer <launch.json>
+    import sys
+
+    _distributed_worker(sys.argv[1])
