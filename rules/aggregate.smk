@@ -1,17 +1,24 @@
 localrules:
     aggregate,
+    publish,
 
 
+# The table is content-keyed like every other artifact (results/tables/<key>/, the key covers which
+# evaluations it aggregates and how), so a changed configuration always rebuilds it; the aggregate also
+# `publish` refreshes the fixed-name copies (results/table.csv, ...) that users open.
 rule aggregate:
     input:
-        eval_manifests,
+        evals=eval_manifests,
     output:
-        csv=report("results/table.csv", caption="../report/table.rst", category="Results"),
-        md="results/table.md",
-        tex="results/table.tex",
-        runs="results/runs.csv",
-        png=report("results/table.png", caption="../report/table.rst", category="Results"),
-        config=report("results/config.yaml", caption="../report/config.rst", category="Configuration"),
+        csv=report(f"results/tables/{TABLE_KEY}/table.csv", caption="../report/table.rst", category="Results"),
+        md=f"results/tables/{TABLE_KEY}/table.md",
+        tex=f"results/tables/{TABLE_KEY}/table.tex",
+        runs=f"results/tables/{TABLE_KEY}/runs.csv",
+        png=report(f"results/tables/{TABLE_KEY}/table.png", caption="../report/table.rst", category="Results"),
+        config=report(
+            f"results/tables/{TABLE_KEY}/config.yaml", caption="../report/config.rst", category="Configuration"
+        ),
+        plan=f"results/tables/{TABLE_KEY}/plan.json",
     log:
         "logs/aggregate.log",
     benchmark:
@@ -28,3 +35,18 @@ rule aggregate:
         "../envs/light.yaml"
     script:
         "../workflow/scripts/aggregate.py"
+
+
+rule publish:
+    input:
+        **{name: f"results/tables/{TABLE_KEY}/{name}" for name in PUBLISHED},
+    output:
+        **{name: f"results/{name}" for name in PUBLISHED},
+    log:
+        "logs/publish.log",
+    benchmark:
+        "benchmarks/publish.tsv"
+    conda:
+        "../envs/light.yaml"
+    script:
+        "../workflow/scripts/publish.py"

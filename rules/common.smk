@@ -3,13 +3,17 @@
 from snakemake.exceptions import WorkflowError
 from snakemake.utils import validate
 
-from asft.config import ConfigError, parse_config
+from asft.config import ConfigError, layered_raw, parse_config
 from asft.plan import build_plan
 
 try:
-    CFG = parse_config(config)
+    # Presets may `extends:` others; rebuild the config from the files given, in order.
+    CFG = parse_config(layered_raw(workflow.config_settings.configfiles or [], workflow.config_settings.config))
 except ConfigError as error:
     raise WorkflowError(str(error))
+# Jobs see the resolved, typed config (defaults filled in, `--config` strings coerced).
+config.clear()
+config.update(CFG.model_dump(mode="json"))
 validate(config, schema="../config/schema.yaml", set_default=False)
 PLAN = build_plan(CFG)
 RES = CFG.resources
@@ -51,5 +55,13 @@ def eval_manifests(wildcards):
     return [f"results/eval/{key}/manifest.json" for key in PLAN.keys("eval")]
 
 
+TABLE_KEY = PLAN.table_key()
+
+
+#: Files of the keyed table folder that `publish` copies to results/ under fixed names.
+PUBLISHED = ["table.csv", "table.md", "table.tex", "runs.csv", "table.png"]
+
+
 def final_outputs():
-    return ["results/table.csv", "results/table.md"]
+    """The keyed table (missing whenever the plan changed, so it is always rebuilt) and its copies."""
+    return [f"results/tables/{TABLE_KEY}/{name}" for name in PUBLISHED] + [f"results/{n}" for n in PUBLISHED]

@@ -43,7 +43,7 @@ def test_dry_run_of_the_default_lists_the_expected_jobs(tmp_path):
     jobs = planned_jobs(tmp_path)
     # 4 modes x 2 seeds; 3 benchmarks for the base model and for each of the 8 runs.
     assert jobs == Counter(download_model=1, download_data=1, tokenize=1, train=8, merge=8, eval=27,
-                           aggregate=1, all=1)
+                           aggregate=1, publish=1, all=1)
 
 
 def test_bad_config_fails_at_parse_time_naming_the_field(tmp_path):
@@ -75,6 +75,10 @@ def test_end_to_end_tiny_run_produces_the_table(tiny_run):
     assert "± " not in (tiny_run / "results" / "table.md").read_text().split("| base")[1].split("\n")[0]
     for name in ("table.md", "table.tex", "runs.csv", "table.png"):
         assert (tiny_run / "results" / name).stat().st_size > 0
+    keyed = list((tiny_run / "results" / "tables").glob("*/table.csv"))
+    assert len(keyed) == 1 and keyed[0].read_text() == (tiny_run / "results" / "table.csv").read_text()
+    plan_rows = json.loads((keyed[0].parent / "plan.json").read_text())["rows"]
+    assert len(plan_rows) == 9 and {r["mode"] for r in plan_rows} == {"base", "sft", "asft"}
     # Every artifact has a manifest whose file hashes match.
     from asft.artifacts import file_hashes
 
@@ -99,7 +103,26 @@ def test_eval_only_change_schedules_only_eval_and_aggregate(tiny_run, tmp_path):
     layer = tmp_path / "eval_change.yaml"
     layer.write_text("eval: {max_new_tokens: 30}\n")
     jobs = planned_jobs(tiny_run, "--configfile", str(TINY), str(layer))
-    assert jobs == Counter(eval=9, aggregate=1, all=1)
+    assert jobs == Counter(eval=9, aggregate=1, publish=1, all=1)
+    # the explicit target users type, too
+    assert planned_jobs(tiny_run, "results/table.csv", "--configfile", str(TINY), str(layer)) == Counter(
+        eval=9, aggregate=1, publish=1)
+
+
+@pytest.mark.slow
+def test_config_change_rebuilds_the_table_even_without_snakemake_metadata(tiny_run, tmp_path):
+    import shutil
+
+    layer = tmp_path / "eval_change.yaml"
+    layer.write_text("eval: {max_new_tokens: 31}\n")
+    backup = tmp_path / "metadata"
+    shutil.copytree(tiny_run / ".snakemake" / "metadata", backup)
+    shutil.rmtree(tiny_run / ".snakemake" / "metadata")
+    try:
+        jobs = planned_jobs(tiny_run, "--configfile", str(TINY), str(layer))
+    finally:
+        shutil.copytree(backup, tiny_run / ".snakemake" / "metadata", dirs_exist_ok=True)
+    assert jobs == Counter(eval=9, aggregate=1, publish=1, all=1)
 
 
 @pytest.mark.slow
@@ -107,7 +130,7 @@ def test_new_seed_trains_only_the_new_seed(tiny_run, tmp_path):
     layer = tmp_path / "seeds.yaml"
     layer.write_text("seeds: [0, 1]\n")
     jobs = planned_jobs(tiny_run, "--configfile", str(TINY), str(layer))
-    assert jobs == Counter(train=2, merge=2, eval=6, aggregate=1, all=1)
+    assert jobs == Counter(train=2, merge=2, eval=6, aggregate=1, publish=1, all=1)
 
 
 @pytest.mark.slow

@@ -8,6 +8,7 @@ Every field says what it is for; unknown keys are errors that name the field.
 from __future__ import annotations
 
 import difflib
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Literal
 
@@ -86,10 +87,19 @@ class TrainSetConfig(_Strict):
     )
     task: str | None = Field(None, description="Embedded task name (add, sub, mul).")
     repo: str | None = Field(None, description="Hub dataset repository, e.g. chichi56/ASFT.")
-    filename: str | None = Field(None, description="File inside the dataset repository.")
+    filename: str | None = Field(
+        None, description="File inside the dataset repository (source hub), or inside the folder `path` (source local)."
+    )
     revision: str = Field("main", description="Hub revision of the dataset repository.")
-    path: str | None = Field(None, description="Local jsonl path (source local).")
-    sha256: str | None = Field(None, description="Expected sha256 of the downloaded file (checked).")
+    path: str | None = Field(
+        None,
+        description="Local .jsonl/.json/.parquet file, or a folder holding `filename` (source local); with source hub, "
+        "a local mirror read instead of the hub.",
+    )
+    sha256: str | None = Field(
+        None, description="Expected sha256 of the file (checked; null: the published one for the paper's "
+        "chichi56/ASFT files, none otherwise)."
+    )
     prompt_field: str = Field("instruction", description="Row field holding the prompt.")
     response_field: str = Field("response", description="Row field holding the target response.")
     size: int | None = Field(None, ge=1, description="Subsample this many rows (null: all).")
@@ -109,7 +119,15 @@ class TokenizeConfig(_Strict):
         "plain", description="Prompt format: plain (prompt+response), alpaca (upstream ASFT), chat (model's template)."
     )
     max_length: int = Field(64, ge=8, description="Longest tokenized example (prompt + response + eos).")
-    overlong: Literal["truncate", "drop"] = Field("truncate", description="What to do with longer examples.")
+    overlong: Literal["truncate", "drop"] = Field(
+        "truncate", description="Longer examples: truncate (keep the first max_length tokens, as upstream) or drop."
+    )
+    prompt_boundary: Literal["exact", "upstream"] = Field(
+        "exact",
+        description="exact: prompt and response tokenized apart, every response token a label; upstream: "
+        "tokenize them joined and mask len(tokenize(prompt)) tokens (train_v2.py; a token merged across the "
+        "boundary is masked).",
+    )
     num_proc: int = Field(1, ge=1, description="Tokenizer processes (datasets.map num_proc); not part of the key.")
 
 
@@ -329,26 +347,72 @@ def deep_merge(base: dict, override: dict) -> dict:
 
 def read_yaml(path: Path) -> Any:
     try:
-        text = Path(path).read_text()
+        text = Path(path).read_text(encoding="utf-8")
     except OSError as error:
         raise ConfigError(f"cannot read config file {path}: {error.strerror}") from None
+    except UnicodeDecodeError as error:
+        raise ConfigError(f"{path}: not UTF-8 text (byte {error.start}: {error.reason})") from None
     try:
         return yaml.safe_load(text)
     except yaml.YAMLError as error:
         raise ConfigError(f"{path}: not valid YAML: {error}") from None
+    except RecursionError:
+        raise ConfigError(f"{path}: not valid YAML: nested too deeply") from None
+
+
+EXTENDS = "extends"
+
+
+def _plain(value: Any) -> Any:
+    """Plain dicts and lists (Snakemake hands --config overrides over as immutable Maps)."""
+    if isinstance(value, Mapping):
+        return {str(k): _plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    return value
+
+
+def preset_layers(path: Path, _seen: tuple[Path, ...] = ()) -> list[tuple[Path, dict]]:
+    """A preset file and the presets it `extends` (paths relative to it), most general first."""
+    path = Path(path).resolve()
+    if path in _seen:
+        raise ConfigError(f"{path}: 'extends' forms a cycle ({' -> '.join(str(p) for p in (*_seen, path))})")
+    layer = read_yaml(path)
+    if layer is None:
+        return []
+    if not isinstance(layer, dict):
+        raise ConfigError(f"{path}: expected a mapping at the top level")
+    parents = layer.pop(EXTENDS, None) or []
+    if isinstance(parents, str):
+        parents = [parents]
+    if not isinstance(parents, list) or not all(isinstance(p, str) for p in parents):
+        raise ConfigError(f"{path}: 'extends' must be a file name or a list of file names")
+    layers: list[tuple[Path, dict]] = []
+    for parent in parents:
+        layers += preset_layers(path.parent / parent, (*_seen, path))
+    return [*layers, (path, layer)]
+
+
+def layered_raw(paths: list[Path] | tuple[Path, ...], overrides: dict | None = None,
+                *, with_default: bool = True) -> dict:
+    """The merged raw config: the embedded default, each file with its `extends` chain, then overrides.
+
+    Merging is Snakemake's (dicts recursively, lists and scalars replaced), so
+    `--configfile config/paper_math.yaml` alone equals `--configfile config/paper.yaml config/paper_math.yaml`.
+    """
+    raw: dict = read_yaml(DEFAULT_CONFIG) if with_default else {}
+    for path in paths:
+        for _, layer in preset_layers(Path(path)):
+            raw = deep_merge(raw, layer)
+    if overrides:
+        raw = deep_merge(raw, {k: _plain(v) for k, v in overrides.items() if k != EXTENDS})
+    raw.pop(EXTENDS, None)
+    return raw
 
 
 def load_config(*paths: Path, with_default: bool = True) -> Config:
-    """Load and merge config files in order (the embedded default first), as Snakemake does."""
-    raw: dict = read_yaml(DEFAULT_CONFIG) if with_default else {}
-    for path in paths:
-        layer = read_yaml(Path(path))
-        if layer is None:
-            continue
-        if not isinstance(layer, dict):
-            raise ConfigError(f"{path}: expected a mapping at the top level")
-        raw = deep_merge(raw, layer)
-    return parse_config(raw)
+    """Load and merge config files in order (the embedded default first), as the workflow does."""
+    return parse_config(layered_raw(list(paths), with_default=with_default))
 
 
 def json_schema() -> dict:

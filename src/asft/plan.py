@@ -8,6 +8,7 @@ and stay out of the key, so changing them re-runs nothing.
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
@@ -15,7 +16,8 @@ from typing import Any
 from asft.artifacts import Node
 from asft.benchmarks import get_benchmark
 from asft.config import Config, TrainSetConfig
-from asft.keys import stage_key
+from asft.data import expected_sha256
+from asft.keys import KEY_LENGTH, canonical_json, stage_key
 from asft.losses import get_mode
 
 BASE_LABEL = "base"
@@ -40,13 +42,20 @@ def data_settings(cfg: Config, train_set: TrainSetConfig) -> dict[str, Any]:
     if train_set.source == "embedded":
         return {"source": "embedded", "task": train_set.task, "split_seed": cfg.model.embedded.split_seed, **common}
     fields = {"prompt_field": train_set.prompt_field, "response_field": train_set.response_field}
+    sha256 = train_set.sha256.lower() if train_set.sha256 else None
     if train_set.source == "hub":
+        # The paper's files (asft.data.PAPER_FILES) are pinned by their published sha256 when the
+        # config gives none: the data stage checks it, and the key holds it.
+        sha256 = sha256 or expected_sha256(train_set.repo, train_set.filename)
         return {
             "source": "hub", "repo": train_set.repo, "filename": train_set.filename,
-            "revision": train_set.revision, "sha256": train_set.sha256, "local_path": train_set.path,
+            "revision": train_set.revision, "sha256": sha256, "local_path": train_set.path,
             **fields, **common,
         }
-    return {"source": "local", "path": train_set.path, "sha256": train_set.sha256, **fields, **common}
+    local = {"source": "local", "path": train_set.path, "sha256": sha256, **fields, **common}
+    if train_set.filename:  # the file inside a folder given as path; absent otherwise, so older keys hold
+        local["filename"] = train_set.filename
+    return local
 
 
 def train_settings(cfg: Config, mode_name: str, seed: int) -> dict[str, Any]:
@@ -134,6 +143,14 @@ class Plan:
         for stage in self.nodes.values():
             yield from stage.values()
 
+    def table_key(self) -> str:
+        """Key of the results table: which evaluations it aggregates and how. A config whose table
+        differs gets a new plan file, so the table is rebuilt even without Snakemake's metadata."""
+
+        payload = {"rows": self.eval_rows(), "table": self.config.table.model_dump(mode="json"),
+                   "benchmarks": self.config.eval.benchmarks, "modes": self.config.modes, "name": self.config.name}
+        return hashlib.sha256(canonical_json(payload).encode()).hexdigest()[:KEY_LENGTH]
+
     def eval_rows(self) -> list[dict[str, Any]]:
         """One row per evaluation: its labels and key (what the aggregate stage reads)."""
         return [
@@ -150,6 +167,8 @@ def build_plan(cfg: Config) -> Plan:
         "max_length": cfg.tokenize.max_length,
         "overlong": cfg.tokenize.overlong,
     }
+    if cfg.tokenize.prompt_boundary != "exact":  # absent means exact, so keys made before the option hold
+        tokenize_settings["prompt_boundary"] = cfg.tokenize.prompt_boundary
 
     def add_evals(evaluated: Node, labels: dict[str, Any]) -> None:
         for benchmark in cfg.eval.benchmarks:

@@ -148,17 +148,29 @@ def run_from_snakemake(smk: Any) -> None:
 
 
 def run_aggregate_from_snakemake(smk: Any) -> None:
+    """The keyed table folder: table, per-run rows, chart, LaTeX, resolved config and plan."""
+    import yaml
+
     from asft.table import aggregate
 
-    params = smk.params
+    params, out = smk.params, smk.output
     with redirect_output(smk.log[0] if smk.log else None):
-        eval_dirs = {Path(p).parent.name: Path(p).parent for p in smk.input}
-        table = aggregate(params.rows, eval_dirs, Path(smk.output.csv).parent, benchmarks=params.benchmarks,
+        eval_dirs = {Path(p).parent.name: Path(p).parent for p in smk.input.evals}
+        table = aggregate(params.rows, eval_dirs, Path(out.csv).parent, benchmarks=params.benchmarks,
                           target=params.target, retention=params.retention, mode_order=params.modes,
                           title=params.title)
-        import yaml
-
-        tmp = Path(smk.output.config).with_suffix(".yaml.tmp")
-        tmp.write_text(yaml.safe_dump(params.config, sort_keys=False))
-        tmp.replace(smk.output.config)
+        for path, text in ((out.config, yaml.safe_dump(params.config, sort_keys=False)),
+                           (out.plan, json.dumps({"rows": params.rows}, indent=2) + "\n")):
+            Path(path + ".tmp").write_text(text)
+            Path(path + ".tmp").replace(path)
         print(table.to_string(), flush=True)
+
+
+def publish_from_snakemake(smk: Any) -> None:
+    """Copy each keyed table file to its fixed name (temp file + rename: never half-written)."""
+    import shutil
+
+    for name, source in smk.input.items():
+        tmp = Path(smk.output[name] + ".tmp")
+        shutil.copyfile(source, tmp)
+        tmp.replace(smk.output[name])
