@@ -17,7 +17,8 @@ grad_h = G @ W, grad_W += G^T @ h.
 The head matmul and everything after it run in fp32 whatever the input dtype (a bf16 head is copied to
 fp32 once per call; the reference reuses that copy when it is the same head).
 
-Memory beyond the inputs: two (chunk_size, V) fp32 buffers per model (four with a reference model),
+Memory beyond the inputs: two (chunk_size, V) fp32 buffers, or with a reference model two per model of
+chunk_size // 2 rows each (the same budget, so asft's peak memory stays at sft's),
 grad_h (N, H) fp32, and grad_W (V, H) fp32 only when the head is trained. The forward pass does all
 the work (one head matmul per chunk and model, one G @ W, and G^T @ h when the head trains); for modes
 whose weights depend on the whole call (``batch_level``: top-k, anti-outlier) a first pass computes the
@@ -152,7 +153,10 @@ class _ChunkedLoss(torch.autograd.Function):
         h = hidden.detach().reshape(B * T, H).index_select(0, rows).float()  # (N, H)
         w_head = head_weight.detach().float()  # (V, H), no copy when already fp32
         n, vocab = y.numel(), w_head.shape[0]
-        chunks = [slice(i, min(i + plan.chunk_size, n)) for i in range(0, n, plan.chunk_size)]
+        # Same memory budget whatever the mode: a reference model doubles the (rows, V) buffers,
+        # so its chunks hold half the rows and asft's peak stays at sft's.
+        step = plan.chunk_size if ref_hidden is None else max(1, plan.chunk_size // 2)
+        chunks = [slice(i, min(i + step, n)) for i in range(0, n, step)]
         policy = _SoftmaxBlock(h, w_head, rows=chunks[0].stop)
         reference = None
         if ref_hidden is not None:
