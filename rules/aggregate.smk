@@ -31,6 +31,8 @@ rule aggregate:
         modes=CFG.modes,
         title=f"ASFT results: {CFG.name}",
         config=CFG.model_dump(mode="json"),
+        labels={"target": CFG.table.target_label, "retention": CFG.table.retention_label},
+        published=CFG.table.published,
     conda:
         "../envs/light.yaml"
     script:

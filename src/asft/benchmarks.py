@@ -112,8 +112,9 @@ def read_checked_jsonl(path: Path, sha256: str | None) -> list[dict[str, Any]]:
     return rows
 
 
-def _file_benchmark(name: str, display: str, sha256: str, gold: Callable[[dict], str | None], solution: str | None):
-    path = DATA_DIR / name / "test.jsonl"
+def _file_benchmark(name: str, display: str, sha256: str, gold: Callable[[dict], str | None], solution: str | None,
+                    path: Path | None = None):
+    path = path or DATA_DIR / name / "test.jsonl"
 
     def load(_: Mapping[str, Any]) -> list[Problem]:
         problems = []

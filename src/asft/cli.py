@@ -1,10 +1,9 @@
-"""`asft` command line: schema, plan."""
+"""`asft` command line: schema, plan, verify, status."""
 
 from __future__ import annotations
 
 import argparse
 import sys
-from collections import Counter
 from pathlib import Path
 
 import yaml
@@ -24,20 +23,27 @@ def _schema(args: argparse.Namespace) -> int:
 
 
 def _plan(args: argparse.Namespace) -> int:
+    """Jobs per stage, what is cached, and the estimated tokens, FLOPs and GPU-hours."""
     from asft.config import load_config
+    from asft.cost import estimate, format_estimate
     from asft.plan import build_plan
 
     plan = build_plan(load_config(*args.configfile))
-    results = Path(args.results)
-    counts, cached = Counter(), Counter()
-    for node in plan.iter_nodes():
-        counts[node.stage] += 1
-        cached[node.stage] += (results / node.stage / node.key / "manifest.json").exists()
-    print(f"{'stage':<10} {'jobs':>6} {'cached':>7}")
-    for stage in ("model", "data", "tokenize", "train", "merge", "eval"):
-        if counts[stage]:
-            print(f"{stage:<10} {counts[stage]:>6} {cached[stage]:>7}")
+    print(f"configuration: {plan.config.name}")
+    print(format_estimate(estimate(plan, Path(args.results))))
     return 0
+
+
+def _verify(args: argparse.Namespace) -> int:
+    from asft.verify import run_verify
+
+    return run_verify(Path(args.results), fix=args.fix)
+
+
+def _status(args: argparse.Namespace) -> int:
+    from asft.status import run_status
+
+    return run_status(args.configfile, Path(args.results))
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -52,6 +58,14 @@ def main(argv: list[str] | None = None) -> int:
     plan.add_argument("--configfile", nargs="*", default=[], help="config files layered over the default")
     plan.add_argument("--results", default="results", help="results folder")
     plan.set_defaults(func=_plan)
+    verify = sub.add_parser("verify", help="check every artifact against its manifest (--fix: remove bad ones)")
+    verify.add_argument("--fix", action="store_true", help="remove corrupted folders and stale leftovers")
+    verify.add_argument("--results", default="results", help="results folder")
+    verify.set_defaults(func=_verify)
+    status = sub.add_parser("status", help="state of every training run and stage (done/running/failed)")
+    status.add_argument("--configfile", nargs="*", default=[], help="config files layered over the default")
+    status.add_argument("--results", default="results", help="results folder")
+    status.set_defaults(func=_status)
     args = parser.parse_args(argv)
     try:
         return args.func(args)

@@ -186,6 +186,10 @@ class TrainConfig(_Strict):
 
 
 class EvalConfig(_Strict):
+    protocol: Literal["custom", "paper", "fork_cot_greedy"] = Field(
+        "custom", description="paper | fork_cot_greedy: a named preset of template, n_samples, temperature, top_p "
+        "and max_new_tokens (asft.protocols), which then override those fields; custom: the fields below."
+    )
     backend: Literal["hf", "vllm"] = Field("hf", description="hf: batched generate (CPU/GPU); vllm: GPU.")
     benchmarks: list[str] = Field(
         default_factory=lambda: ["embedded_mul", "embedded_add", "embedded_sub"],
@@ -209,7 +213,11 @@ class TableConfig(_Strict):
     retention: list[str] = Field(
         default_factory=lambda: ["embedded_add", "embedded_sub"], description="Benchmarks the base already knew."
     )
-    average_name: str = Field("retention", description="Column name of the retention mean.")
+    target_label: str = Field("target", description="Column title of the target mean (the paper: 'Math avg').")
+    retention_label: str = Field("retention", description="Column title of the retention mean.")
+    published: str | None = Field(
+        None, description="Name of a table in config/published.yaml to show beside ours (published, ours - published)."
+    )
 
 
 class RuleResources(_Strict):
@@ -298,6 +306,15 @@ class Config(_Strict):
             for bench in getattr(self.table, field):
                 if bench not in self.eval.benchmarks:
                     raise ValueError(f"table.{field}: '{bench}' is not in eval.benchmarks")
+        if self.table.published:
+            from asft.table import PUBLISHED_FILE
+
+            known = yaml.safe_load(PUBLISHED_FILE.read_text()) or {}
+            if self.table.published not in known:
+                raise ValueError(
+                    f"table.published: no table '{self.table.published}' in config/published.yaml; "
+                    f"known: {', '.join(sorted(known))}"
+                )
         for mode, hparams in self.loss.hparams.items():
             if mode not in self.modes:
                 continue

@@ -19,6 +19,7 @@ from asft.config import Config, TrainSetConfig
 from asft.data import expected_sha256
 from asft.keys import KEY_LENGTH, canonical_json, stage_key
 from asft.losses import get_mode
+from asft.protocols import get_protocol
 
 BASE_LABEL = "base"
 
@@ -102,16 +103,19 @@ def train_runtime(cfg: Config) -> dict[str, Any]:
 
 def eval_settings(cfg: Config, benchmark: str) -> dict[str, Any]:
     ev = cfg.eval
-    sampled = ev.temperature > 0
+    protocol = get_protocol(ev.protocol)
+    fields = protocol.eval_fields() if protocol else {
+        "template": ev.template, "n_samples": ev.n_samples, "temperature": ev.temperature, "top_p": ev.top_p,
+        "max_new_tokens": ev.max_new_tokens,
+    }
+    sampled = fields["temperature"] > 0
     return {
         "benchmark": get_benchmark(benchmark).settings(),
         "context": {"split_seed": cfg.model.embedded.split_seed} if benchmark.startswith("embedded_") else {},
+        "protocol": {"name": protocol.name, "version": protocol.version} if protocol else None,
         "backend": ev.backend,
-        "template": ev.template,
-        "n_samples": ev.n_samples,
-        "temperature": ev.temperature,
-        "top_p": ev.top_p if sampled else 1.0,
-        "max_new_tokens": ev.max_new_tokens,
+        **fields,
+        "top_p": fields["top_p"] if sampled else 1.0,
         "stop": list(ev.stop),
         "seed": ev.seed,
         "drift": ev.drift,

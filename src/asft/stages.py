@@ -151,14 +151,14 @@ def run_aggregate_from_snakemake(smk: Any) -> None:
     """The keyed table folder: table, per-run rows, chart, LaTeX, resolved config and plan."""
     import yaml
 
-    from asft.table import aggregate
+    from asft.table import aggregate, load_published
 
     params, out = smk.params, smk.output
     with redirect_output(smk.log[0] if smk.log else None):
         eval_dirs = {Path(p).parent.name: Path(p).parent for p in smk.input.evals}
         table = aggregate(params.rows, eval_dirs, Path(out.csv).parent, benchmarks=params.benchmarks,
                           target=params.target, retention=params.retention, mode_order=params.modes,
-                          title=params.title)
+                          title=params.title, labels=params.labels, published=load_published(params.published))
         for path, text in ((out.config, yaml.safe_dump(params.config, sort_keys=False)),
                            (out.plan, json.dumps({"rows": params.rows}, indent=2) + "\n")):
             Path(path + ".tmp").write_text(text)

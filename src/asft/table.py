@@ -19,6 +19,36 @@ import pandas as pd
 from asft.benchmarks import get_benchmark
 
 GROUP_COLUMNS = ("train_set", "mode")
+PUBLISHED_FILE = Path(__file__).resolve().parents[2] / "config" / "published.yaml"
+
+
+def load_published(name: str | None, path: Path = PUBLISHED_FILE) -> dict[str, Any] | None:
+    """A named table of published numbers (config/published.yaml), or None."""
+    if not name:
+        return None
+    import yaml
+
+    tables = yaml.safe_load(Path(path).read_text())
+    if name not in tables:
+        raise ValueError(f"table.published: no table '{name}' in {path}; known: {', '.join(sorted(tables))}")
+    return tables[name]
+
+
+def add_published(table: pd.DataFrame, published: Mapping[str, Any] | None) -> pd.DataFrame:
+    """Columns `<metric>_published` and `<metric>_delta` (ours minus published) where a number exists."""
+    if not published:
+        return table
+    table = table.copy()
+    by_row = {(str(r["train_set"]), str(r["mode"])): r for r in published["rows"]}
+    metrics = sorted({k for r in published["rows"] for k in r if k not in GROUP_COLUMNS})
+    for metric in metrics:
+        if f"{metric}_mean" not in table:
+            continue
+        values = [by_row.get((str(t), str(m)), {}).get(metric, math.nan)
+                  for t, m in zip(table["train_set"], table["mode"])]
+        table[f"{metric}_published"] = values
+        table[f"{metric}_delta"] = table[f"{metric}_mean"] - table[f"{metric}_published"]
+    return table
 
 
 def _mean(values: Sequence[float]) -> float:
@@ -73,9 +103,11 @@ def _cell(mean: float, std: float, digits: int) -> str:
     return f"{mean:.{digits}f} ± {std:.{digits}f}"
 
 
-def markdown_table(table: pd.DataFrame, benchmarks: Sequence[str], *, title: str) -> str:
+def markdown_table(table: pd.DataFrame, benchmarks: Sequence[str], *, title: str,
+                   labels: Mapping[str, str] | None = None, published: Mapping[str, Any] | None = None) -> str:
+    labels = {"target": "target", "retention": "retention", **(labels or {})}
     names = [get_benchmark(b).display for b in benchmarks]
-    header = ["train set", "mode", "seeds", *names, "target", "retention", "drift (KL)"]
+    header = ["train set", "mode", "seeds", *names, labels["target"], labels["retention"], "drift (KL)"]
     lines = [f"# {title}", "", "Accuracy in % (mean ± std over seeds); drift = mean per-token KL(base || model) "
              "on the target benchmarks' gold solutions (lower: closer to the base).", "",
              "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
@@ -84,6 +116,22 @@ def markdown_table(table: pd.DataFrame, benchmarks: Sequence[str], *, title: str
         cells += [_cell(row[f"{m}_mean"], row[f"{m}_std"], 1) for m in [*benchmarks, "target", "retention"]]
         cells.append(_cell(row["drift_mean"], row["drift_std"], 4))
         lines.append("| " + " | ".join(cells) + " |")
+    compared = [c.removesuffix("_published") for c in table.columns if c.endswith("_published")]
+    if published and compared:
+        display = {**{b: get_benchmark(b).display for b in benchmarks}, **labels}
+        lines += ["", f"## Published numbers beside ours", "", f"Source: {published['source']} "
+                  f"(protocol: {published.get('protocol', 'unknown')}).", "",
+                  "| train set | mode | " + " | ".join(f"{display.get(m, m)}: ours / published / Δ" for m in compared)
+                  + " |", "|" + "---|" * (2 + len(compared))]
+        for _, row in table.iterrows():
+            if all(math.isnan(row[f"{m}_published"]) for m in compared):
+                continue
+            cells = [str(row["train_set"]), str(row["mode"])]
+            for metric in compared:
+                ours, theirs = row[f"{metric}_mean"], row[f"{metric}_published"]
+                cells.append("—" if math.isnan(theirs) else
+                             f"{ours:.2f} / {theirs:.2f} / {row[f'{metric}_delta']:+.2f}")
+            lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
 
 
@@ -127,15 +175,17 @@ def bar_chart(table: pd.DataFrame, path: Path) -> None:
 
 def aggregate(eval_rows: Sequence[Mapping[str, Any]], eval_dirs: Mapping[str, Path], out_dir: Path, *,
               benchmarks: Sequence[str], target: Sequence[str], retention: Sequence[str],
-              mode_order: Sequence[str], title: str) -> pd.DataFrame:
+              mode_order: Sequence[str], title: str, labels: Mapping[str, str] | None = None,
+              published: Mapping[str, Any] | None = None) -> pd.DataFrame:
     """Write table.csv, table.md, table.tex, runs.csv and table.png into out_dir."""
     scores = {key: json.loads((Path(folder) / "scores.json").read_text()) for key, folder in eval_dirs.items()}
     runs = run_rows(eval_rows, scores, target=target, retention=retention)
-    table = summary_table(runs, benchmarks, mode_order)
+    table = add_published(summary_table(runs, benchmarks, mode_order), published)
     out_dir.mkdir(parents=True, exist_ok=True)
     _write_atomic(out_dir / "runs.csv", runs.to_csv(index=False, float_format="%.4f"))
     _write_atomic(out_dir / "table.csv", table.to_csv(index=False, float_format="%.4f"))
-    _write_atomic(out_dir / "table.md", markdown_table(table, benchmarks, title=title))
+    _write_atomic(out_dir / "table.md", markdown_table(table, benchmarks, title=title, labels=labels,
+                                                       published=published))
     _write_atomic(out_dir / "table.tex", latex_table(table, benchmarks))
     chart = out_dir / "table.png.tmp"
     bar_chart(table, chart)

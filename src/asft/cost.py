@@ -1,0 +1,185 @@
+"""What a configuration costs before it runs: jobs, tokens, FLOPs and GPU-hours per stage.
+
+Estimates, with every assumption printed:
+- training FLOPs = 6 x params x tokens for full fine-tuning, 4 x params x tokens for LoRA (no weight
+  gradients of the frozen base), plus 2 x params x tokens for the reference forward of modes that
+  need one (sft+kl, asft, sft-lr);
+- generation FLOPs = 2 x params x (prompt + completion tokens) per sample, with an assumed completion
+  length (generation is memory-bound, so it gets a lower assumed utilisation);
+- training tokens: exact from a cached tokenize artifact (stats.json), else rows x bytes per row /
+  3.6 bytes per token for the paper's files (their sizes are pinned), else 400 tokens per row;
+- GPU-hours = FLOPs / (peak bf16 FLOP/s x utilisation).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections import Counter
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from asft.config import Config
+from asft.plan import Plan
+
+#: Parameter counts of common base models (from their published configs).
+KNOWN_PARAMS = {
+    "Qwen/Qwen2.5-0.5B": 0.494e9, "Qwen/Qwen2.5-1.5B": 1.54e9, "Qwen/Qwen2.5-3B": 3.09e9,
+    "Qwen/Qwen2.5-7B": 7.62e9, "Qwen/Qwen2.5-14B": 14.8e9, "Qwen/Qwen2.5-Math-7B": 7.62e9,
+    "meta-llama/Llama-2-7b-hf": 6.74e9, "meta-llama/Meta-Llama-3-8B": 8.03e9,
+}
+BYTES_PER_TOKEN = 3.6
+DEFAULT_TOKENS_PER_ROW = 400
+
+
+@dataclass(frozen=True)
+class Assumptions:
+    peak_flops: float = 989e12  # H100 SXM dense bf16
+    train_utilisation: float = 0.40
+    generation_utilisation: float = 0.10
+    completion_tokens: int = 600  # assumed mean completion length (capped by max_new_tokens)
+    prompt_tokens: int = 200
+
+
+def qwen2_params(cfg: dict[str, Any]) -> float:
+    """Parameters of a Qwen2/LLaMA-style config (attention with biases on q,k,v; gated MLP)."""
+    h, i, layers = cfg["hidden_size"], cfg["intermediate_size"], cfg["num_hidden_layers"]
+    heads, kv = cfg["num_attention_heads"], cfg.get("num_key_value_heads", cfg["num_attention_heads"])
+    kv_dim = h // heads * kv
+    attention = h * h + 2 * h * kv_dim + h * h + h + 2 * kv_dim
+    per_layer = attention + 3 * h * i + 2 * h
+    embeddings = cfg["vocab_size"] * h * (1 if cfg.get("tie_word_embeddings") else 2)
+    return layers * per_layer + embeddings + h
+
+
+def model_params(config: Config) -> float:
+    model = config.model
+    if model.source == "embedded":
+        spec = model.embedded
+        return qwen2_params({"hidden_size": spec.hidden_size, "intermediate_size": spec.intermediate_size,
+                             "num_hidden_layers": spec.num_layers, "num_attention_heads": spec.num_heads,
+                             "num_key_value_heads": spec.num_kv_heads, "vocab_size": 260,
+                             "tie_word_embeddings": spec.tie_embeddings})
+    folder = Path(model.local_path) if model.local_path else None
+    if folder and (folder / "config.json").is_file():
+        return qwen2_params(json.loads((folder / "config.json").read_text()))
+    if model.id in KNOWN_PARAMS:
+        return KNOWN_PARAMS[model.id]
+    raise ValueError(f"cost: unknown size of model '{model.id}'; give model.local_path with a config.json")
+
+
+def dataset_tokens(plan: Plan, tokenize_key: str, results: Path) -> tuple[float, str]:
+    """Training-set tokens and how they were obtained."""
+    stats = results / "tokenize" / tokenize_key / "stats.json"
+    if stats.is_file():
+        data = json.loads(stats.read_text())
+        return float(data["tokens"]), "exact (cached tokenize)"
+    node = plan.node("tokenize", tokenize_key)
+    data_settings = plan.node("data", node.parents["data"].split("/")[1]).settings
+    if data_settings["source"] == "embedded":
+        from asft.embedded.tasks import split
+
+        rows = len(split(data_settings["task"], data_settings["split_seed"])[0])
+        return rows * 24.0, "embedded rows x 24 tokens"
+    from asft.data import known_file
+
+    entry = known_file(data_settings.get("repo"), data_settings.get("filename"))
+    if entry and entry.rows:
+        rows = data_settings.get("size") or entry.rows
+        return rows * entry.bytes / entry.rows / BYTES_PER_TOKEN, f"{entry.filename}: bytes / {BYTES_PER_TOKEN}"
+    rows = data_settings.get("size") or 10000
+    return rows * float(DEFAULT_TOKENS_PER_ROW), f"{rows} rows x {DEFAULT_TOKENS_PER_ROW} tokens (assumed)"
+
+
+def estimate(plan: Plan, results: Path, assumptions: Assumptions = Assumptions()) -> dict[str, Any]:
+    """Per-stage jobs, cached jobs, tokens, FLOPs and GPU-hours of a plan."""
+    from asft.benchmarks import load_problems
+    from asft.losses import get_mode
+
+    config = plan.config
+    params = model_params(config)
+    stages: dict[str, dict[str, float]] = {}
+    counts, cached = Counter(), Counter()
+    done = set()
+    for node in plan.iter_nodes():
+        counts[node.stage] += 1
+        if (results / node.stage / node.key / "manifest.json").exists():
+            cached[node.stage] += 1
+            done.add(node.key)
+    notes = []
+    train_tokens = train_flops = 0.0
+    for node in plan.nodes.get("train", {}).values():
+        tokens, how = dataset_tokens(plan, node.parents["tokenize"].split("/")[1], results)
+        settings = node.settings
+        if settings["max_steps"]:
+            examples = settings["max_steps"] * settings["global_batch_size"]
+            tokens = tokens / _rows_of(plan, node) * examples
+        else:
+            tokens *= settings["epochs"]
+        per_token = 6 if settings["method"] == "full" else 4
+        if get_mode(settings["mode"]).needs_reference:
+            per_token += 2
+        train_tokens += tokens
+        train_flops += 0.0 if node.key in done else per_token * params * tokens
+        notes.append(how)
+    gen_tokens = gen_flops = 0.0
+    problems_cache: dict[str, int] = {}
+    for node in plan.nodes.get("eval", {}).values():
+        name = node.settings["benchmark"]["name"]
+        if name not in problems_cache:
+            problems_cache[name] = len(load_problems(name, node.settings.get("context"), node.settings.get("limit")))
+        completion = min(node.settings["max_new_tokens"], assumptions.completion_tokens)
+        samples = problems_cache[name] * node.settings["n_samples"]
+        tokens = samples * (assumptions.prompt_tokens + completion)
+        gen_tokens += tokens
+        gen_flops += 0.0 if node.key in done else 2 * params * tokens
+    gpu_hours = {
+        "train": train_flops / (assumptions.peak_flops * assumptions.train_utilisation) / 3600,
+        "eval": gen_flops / (assumptions.peak_flops * assumptions.generation_utilisation) / 3600,
+    }
+    for stage in counts:
+        stages[stage] = {"jobs": counts[stage], "cached": cached[stage]}
+    stages.setdefault("train", {}).update(tokens=train_tokens, flops=train_flops, gpu_hours=gpu_hours["train"])
+    stages.setdefault("eval", {}).update(tokens=gen_tokens, flops=gen_flops, gpu_hours=gpu_hours["eval"])
+    return {"params": params, "stages": stages, "token_sources": sorted(set(notes)), "assumptions": assumptions}
+
+
+def _rows_of(plan: Plan, train_node) -> float:
+    """Examples in the training set of a run (for max_steps runs: tokens per example)."""
+    tokenize = plan.node("tokenize", train_node.parents["tokenize"].split("/")[1])
+    data = plan.node("data", tokenize.parents["data"].split("/")[1]).settings
+    if data.get("size"):
+        return float(data["size"])
+    if data["source"] == "embedded":
+        from asft.embedded.tasks import split
+
+        return float(len(split(data["task"], data["split_seed"])[0]))
+    from asft.data import known_file
+
+    entry = known_file(data.get("repo"), data.get("filename"))
+    return float(entry.rows) if entry and entry.rows else 10000.0
+
+
+def format_estimate(result: dict[str, Any]) -> str:
+    a: Assumptions = result["assumptions"]
+    lines = [f"model parameters: {result['params'] / 1e9:.3g} B", "",
+             f"{'stage':<10} {'jobs':>5} {'cached':>7} {'tokens':>12} {'PFLOP to run':>13} {'GPU-hours':>10}"]
+    for stage in ("model", "data", "tokenize", "train", "merge", "eval"):
+        row = result["stages"].get(stage)
+        if not row or "jobs" not in row:
+            continue
+        tokens = f"{row['tokens']:.3g}" if "tokens" in row else ""
+        flops = f"{row['flops'] / 1e15:.3g}" if "flops" in row else ""
+        hours = f"{row['gpu_hours']:.3g}" if "gpu_hours" in row else ""
+        lines.append(f"{stage:<10} {row['jobs']:>5} {row['cached']:>7} {tokens:>12} {flops:>13} {hours:>10}")
+    total = sum(r.get("gpu_hours", 0.0) for r in result["stages"].values())
+    lines += ["", f"total: {total:.3g} GPU-hours for the jobs not cached yet (tokens count every job)",
+              "assumptions: train 6 x params x tokens (full) or 4 x (LoRA), + 2 x for a reference forward; "
+              f"generation 2 x params x ({a.prompt_tokens} prompt + min(max_new_tokens, {a.completion_tokens}) "
+              f"completion) tokens per sample; peak {a.peak_flops / 1e12:.0f} TFLOP/s (H100 bf16) at "
+              f"{a.train_utilisation:.0%} (train) and {a.generation_utilisation:.0%} (generation) utilisation",
+              "training tokens: " + "; ".join(result["token_sources"])]
+    if math.isnan(total):
+        lines.append("(some estimates are unknown)")
+    return "\n".join(lines)

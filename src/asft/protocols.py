@@ -1,0 +1,59 @@
+"""Evaluation protocols: named, versioned presets of how a benchmark is prompted, sampled and scored.
+
+`paper` is the ASFT paper's protocol (upstream `math_evaluation/eval.sh`): the alpaca training
+template followed by a newline, 16 samples per problem at temperature 1.0 and top_p 1.0, up to 4096
+new tokens, the harness's stop strings; the reported number is the accuracy averaged over the 16
+samples (avg@16, `mean_acc`), with pass@1 of sample 0 and pass@16 beside it.
+`fork_cot_greedy` is what the fork (doub7e/token-SFT) reported: the `cot` prompt
+`Question: {question}\\nAnswer:`, one greedy sample. Its numbers are not comparable with the paper's.
+`custom` takes every field from the `eval` section of the config.
+A protocol's version enters the eval keys: bump it when its definition changes.
+"""
+
+from __future__ import annotations
+
+import difflib
+from dataclasses import asdict, dataclass
+
+
+@dataclass(frozen=True)
+class Protocol:
+    name: str
+    version: int
+    template: str
+    n_samples: int
+    temperature: float
+    top_p: float
+    max_new_tokens: int
+    description: str
+
+    def eval_fields(self) -> dict:
+        fields = asdict(self)
+        for meta in ("name", "version", "description"):
+            fields.pop(meta)
+        return fields
+
+
+PROTOCOLS: dict[str, Protocol] = {
+    p.name: p
+    for p in (
+        Protocol("paper", 1, template="alpaca", n_samples=16, temperature=1.0, top_p=1.0, max_new_tokens=4096,
+                 description="ASFT paper: alpaca prompt + newline, avg@16 at T=1.0, top_p 1.0, 4096 tokens"),
+        Protocol("fork_cot_greedy", 1, template="cot", n_samples=1, temperature=0.0, top_p=1.0, max_new_tokens=4096,
+                 description="fork (token-SFT): 'Question: ...\\nAnswer:' prompt, one greedy sample"),
+    )
+}
+CUSTOM = "custom"
+
+
+def get_protocol(name: str) -> Protocol | None:
+    """The named protocol, or None for `custom` (the eval section decides)."""
+    if name == CUSTOM:
+        return None
+    try:
+        return PROTOCOLS[name]
+    except KeyError:
+        known = [CUSTOM, *PROTOCOLS]
+        close = difflib.get_close_matches(name, known, n=1)
+        hint = f" (did you mean '{close[0]}'?)" if close else ""
+        raise ValueError(f"unknown eval protocol '{name}'{hint}; known: {', '.join(known)}") from None
