@@ -147,11 +147,12 @@ def test_a_benchmark_file_with_a_changed_byte_is_rejected(tmp_path, monkeypatch)
 
 
 def test_every_shipped_benchmark_matches_its_recorded_hash():
-    from asft.benchmarks import available_benchmarks, load_problems
+    from asft.benchmarks import available_benchmarks, get_benchmark, load_problems
 
-    for name in available_benchmarks():
-        if not name.startswith("embedded_"):
-            assert load_problems(name), name
+    shipped = [name for name in available_benchmarks() if get_benchmark(name).path is not None]
+    assert len(shipped) == 6
+    for name in shipped:
+        assert load_problems(name), name
 
 
 def test_published_column_and_delta(tmp_path):
@@ -194,3 +195,32 @@ def test_plan_prints_the_cost_estimate():
     train = next(line for line in out.splitlines() if line.startswith("train"))
     assert train.split()[1] == "12" and float(train.split()[-1]) > 1
     assert main(["plan", "--results", "/nonexistent"]) == 0
+
+
+def test_paper_medical_preset_and_choice_benchmarks_from_local_copies(tmp_path):
+    from asft.benchmarks import load_problems
+    from asft.config import parse_config
+    from asft.grading import is_correct
+
+    medqa = tmp_path / "medqa.jsonl"
+    medqa.write_text(json.dumps({"question": "Which organ makes insulin?", "answer_idx": "B",
+                                 "options": {"A": "Liver", "B": "Pancreas", "C": "Kidney", "D": "Spleen"}}) + "\n")
+    medmcqa = tmp_path / "medmcqa.jsonl"
+    medmcqa.write_text(json.dumps({"question": "Vitamin C deficiency?", "opa": "Rickets", "opb": "Beriberi",
+                                   "opc": "Scurvy", "opd": "Pellagra", "cop": 2}) + "\n")
+    mmlu = tmp_path / "mmlu.jsonl"
+    mmlu.write_text(json.dumps({"question": "Bones in the adult body?", "choices": ["106", "206", "306", "406"],
+                                "answer": 1}) + "\n")
+    raw = layered_raw([CONFIG / "paper_medical.yaml"])
+    raw["eval"]["benchmark_files"] = {"medqa": str(medqa), "medmcqa": str(medmcqa), "mmlu_medical": str(mmlu)}
+    plan = build_plan(parse_config(raw))
+    assert {stage: len(nodes) for stage, nodes in plan.nodes.items()} == {
+        "model": 1, "data": 1, "tokenize": 1, "train": 3, "eval": 12}
+    contexts = {n.settings["benchmark"]["name"]: n.settings["context"] for n in plan.nodes["eval"].values()}
+    problems = {name: load_problems(name, ctx) for name, ctx in contexts.items()}
+    assert problems["medqa"][0].question.endswith("A. Liver\nB. Pancreas\nC. Kidney\nD. Spleen")
+    assert [problems[n][0].gold for n in ("medqa", "medmcqa", "mmlu_medical")] == ["B", "C", "B"]
+    assert is_correct("The answer is B", "B") and is_correct("\\boxed{C}", "C") and not is_correct("A. Liver", "B")
+    medqa.write_text(medqa.read_text().replace("Spleen", "Heart"))
+    changed = build_plan(parse_config(raw))
+    assert set(changed.nodes["eval"]) != set(plan.nodes["eval"])  # the local copy's bytes are in the key

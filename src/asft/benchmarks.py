@@ -32,6 +32,16 @@ class Problem:
 
 
 @dataclass(frozen=True)
+class HubSource:
+    """A benchmark read from a Hugging Face dataset (offline cache honoured) or a local jsonl copy."""
+
+    repo: str
+    split: str
+    subsets: tuple[str | None, ...] = (None,)
+    revision: str = "main"
+
+
+@dataclass(frozen=True)
 class Benchmark:
     name: str
     display: str
@@ -39,10 +49,15 @@ class Benchmark:
     load_rows: Callable[[Mapping[str, Any]], list[Problem]] = field(repr=False)
     sha256: str | None = None
     path: Path | None = None
+    hub: HubSource | None = None
 
     def settings(self) -> dict[str, Any]:
         """What enters an eval key: identity and version, not the loader code."""
-        return {"name": self.name, "version": self.version, "sha256": self.sha256}
+        settings: dict[str, Any] = {"name": self.name, "version": self.version, "sha256": self.sha256}
+        if self.hub is not None:
+            settings["hub"] = {"repo": self.hub.repo, "split": self.hub.split, "subsets": list(self.hub.subsets),
+                               "revision": self.hub.revision}
+        return settings
 
 
 _REGISTRY: dict[str, Benchmark] = {}
@@ -175,6 +190,74 @@ def _embedded_benchmark(task: str) -> Benchmark:
 
 for _task in ("add", "sub", "mul"):
     register(_embedded_benchmark(_task))
+
+
+LETTERS = "ABCDEFGH"
+
+
+def choice_question(question: str, options: list[str]) -> str:
+    """A multiple-choice question as the model sees it: the stem, then lettered options."""
+    return question.strip() + "\n" + "\n".join(f"{LETTERS[i]}. {str(o).strip()}" for i, o in enumerate(options))
+
+
+def _hub_rows(source: HubSource, context: Mapping[str, Any]) -> list[dict[str, Any]]:
+    local = context.get("local_file")
+    if local:
+        return read_checked_jsonl(Path(local), context.get("local_sha256"))
+    from datasets import load_dataset
+
+    rows: list[dict[str, Any]] = []
+    for subset in source.subsets:
+        try:
+            dataset = load_dataset(source.repo, subset, split=source.split, revision=source.revision)
+        except Exception as error:
+            raise RuntimeError(
+                f"benchmark {source.repo}{'/' + subset if subset else ''} ({source.split}) could not be loaded: "
+                f"{error}. Offline? fill HF_HOME and set HF_HUB_OFFLINE=1, or set eval.benchmark_files."
+            ) from error
+        rows += [dict(row) for row in dataset]
+    return rows
+
+
+def _choice_benchmark(name: str, display: str, source: HubSource,
+                      parse: Callable[[dict], tuple[str, list[str], str]]) -> Benchmark:
+    """A multiple-choice benchmark: graded by the letter of the chosen option."""
+
+    def load(context: Mapping[str, Any]) -> list[Problem]:
+        problems = []
+        for index, row in enumerate(_hub_rows(source, context)):
+            try:
+                question, options, gold = parse(row)
+            except (KeyError, IndexError, TypeError, ValueError) as error:
+                raise ValueError(f"benchmark {name}: row {index} lacks a field ({error}); columns: {sorted(row)}") \
+                    from None
+            problems.append(Problem(choice_question(question, options), gold))
+        return problems
+
+    return Benchmark(name=name, display=display, version=1, load_rows=load, hub=source)
+
+
+def _medqa(row: dict) -> tuple[str, list[str], str]:
+    options = row["options"]
+    return row["question"], [options[k] for k in sorted(options)], str(row["answer_idx"]).strip()
+
+
+def _medmcqa(row: dict) -> tuple[str, list[str], str]:
+    return row["question"], [row["opa"], row["opb"], row["opc"], row["opd"]], LETTERS[int(row["cop"])]
+
+
+def _mmlu(row: dict) -> tuple[str, list[str], str]:
+    return row["question"], list(row["choices"]), LETTERS[int(row["answer"])]
+
+
+MMLU_MEDICAL = ("anatomy", "clinical_knowledge", "college_biology", "college_medicine", "medical_genetics",
+                "professional_medicine")
+for _bench in (
+    _choice_benchmark("medqa", "MedQA", HubSource("GBaker/MedQA-USMLE-4-options", "test"), _medqa),
+    _choice_benchmark("medmcqa", "MedMCQA", HubSource("openlifescienceai/medmcqa", "validation"), _medmcqa),
+    _choice_benchmark("mmlu_medical", "MMLU-med", HubSource("cais/mmlu", "test", MMLU_MEDICAL), _mmlu),
+):
+    register(_bench)
 
 
 def load_problems(name: str, context: Mapping[str, Any] | None = None, limit: int | None = None) -> list[Problem]:

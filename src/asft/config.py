@@ -204,6 +204,11 @@ class EvalConfig(_Strict):
     seed: int = Field(0, ge=0, description="Sampling seed.")
     drift: bool = Field(True, description="Also measure mean per-token KL(base || model) on gold solutions.")
     limit: int | None = Field(None, ge=1, description="Evaluate only the first N problems (smoke runs).")
+    benchmark_files: dict[str, str] = Field(
+        default_factory=dict,
+        description="Local jsonl copies of hub benchmarks (name -> path), rows in the hub's format; "
+        "their sha256 enters the eval key.",
+    )
     batch_size: int = Field(256, ge=1, description="Prompts per generate call. Not in the key.")
     tensor_parallel: int = Field(1, ge=1, description="vLLM tensor parallel size. Not in the key.")
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 from collections.abc import Iterator
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from asft.artifacts import Node
@@ -109,9 +110,19 @@ def eval_settings(cfg: Config, benchmark: str) -> dict[str, Any]:
         "max_new_tokens": ev.max_new_tokens,
     }
     sampled = fields["temperature"] > 0
+    context: dict[str, Any] = {}
+    if benchmark.startswith("embedded_"):
+        context["split_seed"] = cfg.model.embedded.split_seed
+    if benchmark in ev.benchmark_files:
+        from asft.artifacts import sha256_file
+
+        local = Path(ev.benchmark_files[benchmark])
+        if not local.is_file():
+            raise FileNotFoundError(f"eval.benchmark_files.{benchmark}: {local} does not exist")
+        context.update(local_file=str(local), local_sha256=sha256_file(local))
     return {
         "benchmark": get_benchmark(benchmark).settings(),
-        "context": {"split_seed": cfg.model.embedded.split_seed} if benchmark.startswith("embedded_") else {},
+        "context": context,
         "protocol": {"name": protocol.name, "version": protocol.version} if protocol else None,
         "backend": ev.backend,
         **fields,
