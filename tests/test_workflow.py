@@ -138,3 +138,12 @@ def test_runtime_only_change_schedules_nothing(tiny_run, tmp_path):
     layer = tmp_path / "runtime.yaml"
     layer.write_text("eval: {batch_size: 7}\nloss: {chunk_size: 33}\nresources: {train: {threads: 2}}\n")
     assert planned_jobs(tiny_run, "--configfile", str(TINY), str(layer)) == Counter()
+
+
+@pytest.mark.slow
+def test_html_report_is_self_contained(tiny_run):
+    snakemake(tiny_run, "--configfile", str(TINY), "--report", "results/report.html")
+    html = (tiny_run / "results" / "report.html").read_text(errors="replace")
+    assert len(html) > 100_000
+    for text in ("Training curves", "Results", "Configuration"):
+        assert text in html
