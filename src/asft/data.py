@@ -1,8 +1,16 @@
-"""Training data: the `data` stage (fetch, verify, subsample) and the `tokenize` stage.
+"""Training data: the `data` stage (fetch, verify, normalise, subsample) and the `tokenize` stage.
 
-Rows are jsonl `{"instruction": ..., "response": ...}` (the upstream ASFT format). Tokenized
-examples hold `input_ids` and `labels`, where every prompt token is -100, so the loss sees only
-response tokens (and the eos that ends them).
+data: rows come from an embedded task, a file of a Hugging Face dataset repository (through the
+hub cache; HF_HUB_OFFLINE=1 resolves it from the cache alone), or a local file or folder. The file
+is checked against its sha256 (the config's, or for the paper's files in `chichi56/ASFT` the one in
+PAPER_FILES), its prompt/response columns are checked and renamed to `instruction`/`response`
+(the upstream ASFT format), and it is subsampled (size, seed). Output: `train.jsonl`.
+
+tokenize: each row becomes `input_ids` and `labels` with the configured template; every prompt
+token is -100, so the loss sees only response tokens and the eos that ends them. Prompt and
+response are tokenized separately and concatenated, so the mask boundary is exact (see
+docs/data.md for how this differs from upstream). Over-length examples are truncated or dropped;
+no packing (docs/data.md says why).
 """
 
 from __future__ import annotations
@@ -10,7 +18,8 @@ from __future__ import annotations
 import json
 import random
 import shutil
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -19,9 +28,58 @@ from asft.templates import training_prompt
 
 TRAIN_FILE = "train.jsonl"
 IGNORE = -100
+COLUMNS = ("instruction", "response")
+
+# Fates of a tokenized example (the `fate` column while tokenizing; counted in stats.json).
+KEPT, TRUNCATED, DROPPED_OVERLONG, DROPPED_NO_RESPONSE = "kept", "truncated", "dropped_overlong", "dropped_no_response"
 
 
-def write_jsonl(path: Path, rows: list[Mapping[str, Any]]) -> None:
+@dataclass(frozen=True)
+class KnownFile:
+    """A published training file whose content is pinned by its sha256 and size."""
+
+    repo: str
+    filename: str
+    sha256: str
+    bytes: int
+    rows: int | None  # None where the upstream note gives only an approximate count
+
+
+#: The ASFT paper's training files (Hugging Face dataset repository chichi56/ASFT), as published.
+PAPER_REPO = "chichi56/ASFT"
+PAPER_FILES: dict[str, KnownFile] = {
+    f.filename.removesuffix(".jsonl"): f
+    for f in (
+        KnownFile(PAPER_REPO, "numina_cot_10k.jsonl",
+                  "a172916f9661937772d123e614cf1066b6c0586d2a871a8548988750d5a96b18", 15204860, 10000),
+        KnownFile(PAPER_REPO, "numina_cot_30k.jsonl",
+                  "ff07c61ad51b3d3fccd7d683aa6e599a1079f81d637d6338525925a3e326024e", 45737694, 30000),
+        KnownFile(PAPER_REPO, "numina_cot_100k.jsonl",
+                  "0c978394aa05b4254b0094926dca56159d4edb2bd409e313439d8344a25a6d06", 153042944, 100000),
+        KnownFile(PAPER_REPO, "train_medmcqa_alpaca_10k.jsonl",
+                  "43c2aed3caf6be5afc973c5733d07029ec318e764c27f2cc77560210c51bca37", 7046934, None),
+        KnownFile(PAPER_REPO, "magpie10k.jsonl",
+                  "59cc795c1f45dcb3f67b9d10682df484433ca50a4d3a9a361f17848b0d5f0953", 34183565, None),
+    )
+}
+
+
+def known_file(repo: str | None, filename: str | None) -> KnownFile | None:
+    """The pinned entry of a hub file, if it is one of the paper's."""
+    for entry in PAPER_FILES.values():
+        if entry.repo == repo and entry.filename == filename:
+            return entry
+    return None
+
+
+def expected_sha256(repo: str | None, filename: str | None) -> str | None:
+    entry = known_file(repo, filename)
+    return entry.sha256 if entry else None
+
+
+# --- files -----------------------------------------------------------------------------------
+
+def write_jsonl(path: Path, rows: Sequence[Mapping[str, Any]]) -> None:
     with open(path, "w", encoding="utf-8") as handle:
         for row in rows:
             handle.write(json.dumps(row, ensure_ascii=False) + "\n")
@@ -33,51 +91,120 @@ def read_jsonl(path: Path) -> list[dict[str, Any]]:
         for number, line in enumerate(handle, 1):
             if line.strip():
                 try:
-                    rows.append(json.loads(line))
+                    row = json.loads(line)
                 except json.JSONDecodeError as error:
                     raise ValueError(f"{path}: line {number} is not JSON ({error})") from None
+                if not isinstance(row, dict):
+                    raise ValueError(f"{path}: line {number} is a {type(row).__name__}, expected a JSON object")
+                rows.append(row)
     return rows
 
 
-def check_sha256(path: Path, expected: str | None) -> None:
-    if expected is None:
-        return
-    actual = sha256_file(path)
-    if actual != expected:
-        raise ValueError(f"{path.name}: sha256 mismatch: got {actual}, expected {expected} (file {path})")
+def read_rows(path: Path) -> list[dict[str, Any]]:
+    """Rows of a .jsonl, .json (a list of objects, or JSON lines) or .parquet file."""
+    path = Path(path)
+    if path.suffix == ".parquet":
+        import pyarrow.parquet as pq
+
+        return pq.read_table(path).to_pylist()
+    if path.suffix == ".json":
+        text = path.read_text(encoding="utf-8").lstrip()
+        if text.startswith("["):
+            rows = json.loads(text)
+            if not all(isinstance(row, dict) for row in rows):
+                raise ValueError(f"{path}: expected a list of JSON objects")
+            return rows
+    return read_jsonl(path)
 
 
-def _fetch_hub_file(settings: Mapping[str, Any], dest: Path) -> Path:
+def check_sha256(path: Path, expected: str | None, *, actual: str | None = None) -> str:
+    """The file's sha256; a clear error naming the file and both hashes when it is not `expected`."""
+    path = Path(path)
+    actual = actual or sha256_file(path)
+    if expected is not None and actual != expected.lower():
+        raise ValueError(
+            f"{path.name}: sha256 mismatch: got {actual}, expected {expected} ({path.stat().st_size} bytes at "
+            f"{path}); the file is corrupt, truncated or a different version: delete it (or its cache entry) "
+            "and download it again, or correct train_sets[].sha256"
+        )
+    return actual
+
+
+# --- the data stage ----------------------------------------------------------------------------
+
+def _hub_file(repo: str, filename: str, revision: str) -> Path:
+    """A dataset repository file from the hub cache (downloaded into it when online)."""
     from huggingface_hub import hf_hub_download
 
+    from asft.models import hub_cache_dir, hub_failure, hub_offline
+
     try:
-        cached = hf_hub_download(
-            repo_id=settings["repo"], filename=settings["filename"], revision=settings["revision"], repo_type="dataset"
-        )
-    except Exception as error:  # network, auth, missing file: say which file failed
-        raise RuntimeError(
-            f"download of {settings['repo']}/{settings['filename']}@{settings['revision']} failed: {error}. "
-            "Offline? set HF_HUB_OFFLINE=1 with a filled HF_HOME cache, or train_sets[].path to a local copy."
-        ) from error
-    shutil.copyfile(cached, dest)
-    return dest
+        return Path(hf_hub_download(repo_id=repo, filename=filename, revision=revision, repo_type="dataset",
+                                    cache_dir=hub_cache_dir(), local_files_only=hub_offline()))
+    except Exception as error:  # network, auth, missing file, not in the offline cache
+        raise hub_failure(f"file '{filename}' of dataset", repo, revision, error,
+                          local_hint="train_sets[].path", filename=filename) from error
 
 
-def _normalise_rows(rows: list[dict[str, Any]], settings: Mapping[str, Any], source: str) -> list[dict[str, str]]:
-    prompt_field = settings.get("prompt_field", "instruction")
-    response_field = settings.get("response_field", "response")
+def _local_file(path: str, filename: str | None) -> Path:
+    local = Path(path).expanduser()
+    if local.is_dir():
+        if not filename:
+            raise FileNotFoundError(f"train_sets[].path {local} is a folder: set train_sets[].filename to the file in it")
+        local = local / filename
+    if not local.is_file():
+        raise FileNotFoundError(f"train set file {local} does not exist")
+    return local
+
+
+def locate_source(settings: Mapping[str, Any]) -> tuple[Path, str, dict[str, Any]]:
+    """The file a non-embedded train set reads: (path, a human name for messages, provenance)."""
+    if settings["source"] == "hub" and not settings.get("local_path"):
+        path = _hub_file(settings["repo"], settings["filename"], settings["revision"])
+        origin = f"{settings['repo']}/{settings['filename']}@{settings['revision']}"
+        # the cache path is .../snapshots/<commit>/<filename>
+        commit = path.parts[len(path.parts) - len(Path(settings["filename"]).parts) - 1]
+        return path, origin, {"commit": commit}
+    local = _local_file(settings.get("local_path") or settings["path"], settings.get("filename"))
+    return local, str(local), {}
+
+
+def normalise_rows(rows: list[dict[str, Any]], prompt_field: str, response_field: str,
+                   origin: str) -> list[dict[str, str]]:
+    """Rows as {instruction, response} strings; the first bad row names the file, row and column."""
+    if not rows:
+        raise ValueError(f"{origin}: the training set is empty")
+    for field, setting in ((prompt_field, "prompt_field"), (response_field, "response_field")):
+        if field not in rows[0]:
+            raise ValueError(
+                f"{origin}: no column '{field}' (train_sets[].{setting}); the rows have columns "
+                f"{', '.join(map(repr, sorted(rows[0])))}; set train_sets[].{setting} to the right one"
+            )
     out = []
     for index, row in enumerate(rows):
-        for name in (prompt_field, response_field):
-            if not isinstance(row.get(name), str):
-                raise ValueError(f"{source}: row {index} has no string column '{name}' (columns: {sorted(row)})")
+        for field in (prompt_field, response_field):
+            value = row.get(field)
+            if not isinstance(value, str):
+                what = "missing" if field not in row else f"{type(value).__name__}, not text"
+                raise ValueError(f"{origin}: row {index} (counting from 0): column '{field}' is {what}")
         out.append({"instruction": row[prompt_field], "response": row[response_field]})
     return out
 
 
+def subsample(rows: list[Any], size: int | None, seed: int | None, origin: str) -> list[Any]:
+    """`size` rows drawn without replacement with `random.Random(seed)`; all rows when size is null."""
+    if not size:
+        return rows
+    if size > len(rows):
+        raise ValueError(f"{origin}: train_sets[].size is {size} but the file has only {len(rows)} rows; "
+                         "lower size, or set it to null to use every row")
+    return random.Random(seed).sample(rows, size)
+
+
 def build_dataset(settings: Mapping[str, Any], out_dir: Path) -> dict[str, Any]:
-    """The `data` stage: write `train.jsonl` into out_dir and return stats."""
+    """The `data` stage: write `train.jsonl` (instruction/response) into out_dir and return stats."""
     source = settings["source"]
+    provenance: dict[str, Any] = {}
     if source == "embedded":
         from asft.embedded.tasks import split
 
@@ -85,88 +212,249 @@ def build_dataset(settings: Mapping[str, Any], out_dir: Path) -> dict[str, Any]:
         rows = [example.as_train_row() for example in train]
         origin = f"embedded task {settings['task']}"
     else:
-        raw = out_dir / "raw.jsonl"
-        if source == "hub" and not settings.get("local_path"):
-            _fetch_hub_file(settings, raw)
-            origin = f"{settings['repo']}/{settings['filename']}"
-        else:
-            local = Path(settings.get("local_path") or settings["path"])
-            if not local.is_file():
-                raise FileNotFoundError(f"train set file {local} does not exist")
-            shutil.copyfile(local, raw)
-            origin = str(local)
-        check_sha256(raw, settings.get("sha256"))
-        rows = _normalise_rows(read_jsonl(raw), settings, origin)
-        raw.unlink()
+        path, origin, provenance = locate_source(settings)
+        known = known_file(settings.get("repo"), settings.get("filename")) if source == "hub" else None
+        expected = settings.get("sha256")
+        if known and expected == known.sha256 and path.stat().st_size != known.bytes:
+            actual = sha256_file(path)  # the size differs, so does the hash: report both, and the sizes
+            raise ValueError(
+                f"{path.name}: sha256 mismatch: got {actual}, expected {expected}; the file has "
+                f"{path.stat().st_size} bytes, the published one {known.bytes} (file {path}): partial download? "
+                "delete the cached file and download it again"
+            )
+        provenance["sha256"] = check_sha256(path, expected)
+        provenance["bytes"] = path.stat().st_size
+        rows = normalise_rows(read_rows(path), settings.get("prompt_field", "instruction"),
+                              settings.get("response_field", "response"), origin)
     if not rows:
         raise ValueError(f"{origin}: the training set is empty")
     total = len(rows)
-    if settings.get("size"):
-        if settings["size"] > total:
-            raise ValueError(f"{origin}: size {settings['size']} asked but only {total} rows")
-        rows = random.Random(settings["subsample_seed"]).sample(rows, settings["size"])
-    write_jsonl(out_dir / TRAIN_FILE, rows)
-    return {"rows": len(rows), "source_rows": total, "origin": origin}
+    rows = subsample(rows, settings.get("size"), settings.get("subsample_seed"), origin)
+    write_jsonl(Path(out_dir) / TRAIN_FILE, rows)
+    return {"rows": len(rows), "source_rows": total, "origin": origin, **provenance}
+
+
+# --- the tokenize stage ------------------------------------------------------------------------
+
+def _special_prefix(tokenizer: Any) -> list[int]:
+    """Tokens the tokenizer puts before text on its own (a BOS, e.g. Llama's <s>; none for Qwen)."""
+    probe = "x"
+    plain = tokenizer(probe, add_special_tokens=False)["input_ids"]
+    full = tokenizer(probe)["input_ids"]
+    for start in range(len(full) - len(plain) + 1):
+        if full[start:start + len(plain)] == plain:
+            return list(full[:start])
+    return []
+
+
+def _chat_completions(instructions: Sequence[str], responses: Sequence[str], prompts: Sequence[str],
+                      tokenizer: Any) -> tuple[list[str], list[bool]]:
+    """The assistant turn as the chat template renders it (response + end-of-turn markup).
+
+    Falls back to the bare response where the template's prompt is not a prefix of the whole
+    conversation (some templates rewrite earlier turns); says for which rows it did.
+    """
+    conversations = [[{"role": "user", "content": q}, {"role": "assistant", "content": a}]
+                     for q, a in zip(instructions, responses)]
+    rendered = tokenizer.apply_chat_template(conversations, tokenize=False)
+    completions, fell_back = [], []
+    for prompt, full, response in zip(prompts, rendered, responses):
+        usable = full.startswith(prompt) and response in full[len(prompt):]
+        completions.append(full[len(prompt):] if usable else response)
+        fell_back.append(not usable)
+    return completions, fell_back
+
+
+def encode_batch(instructions: Sequence[str], responses: Sequence[str], tokenizer: Any, *, template: str,
+                 max_length: int, overlong: str, prompt_boundary: str = "exact") -> dict[str, list]:
+    """Tokenize a batch: input_ids, labels, and per example its fate and length before truncation.
+
+    exact (default): input_ids = [special prefix] + prompt + response + eos, each part tokenized on
+    its own; labels = -100 on the prefix and the prompt, the ids themselves on the response and eos.
+    upstream (train_v2.py): tokenize prompt + response + eos as one text and mask as many tokens as
+    the prompt alone has; where a token spans the boundary (Qwen2's pre-tokenizer joins ':' and a
+    following word), that token is masked and the response loses it.
+    With the chat template the response is the rendered assistant turn (e.g. `...<|im_end|>\\n`),
+    cut after the eos if it holds one, else ended by eos. Over-length: `truncate` keeps the first
+    max_length tokens, `drop` drops the example; an example left with no response token is
+    dropped either way.
+    """
+    eos = tokenizer.eos_token_id
+    if eos is None:
+        raise ValueError("the tokenizer has no eos token; a response could not be ended")
+    if prompt_boundary not in ("exact", "upstream"):
+        raise ValueError(f"unknown prompt_boundary '{prompt_boundary}'; known: exact, upstream")
+    prompts = [training_prompt(template, instruction, tokenizer) for instruction in instructions]
+    if template == "chat":
+        completions, fell_back = _chat_completions(instructions, responses, prompts, tokenizer)
+    else:
+        completions, fell_back = list(responses), [False] * len(responses)
+    if prompt_boundary == "exact":
+        pairs = _split_exact(prompts, completions, tokenizer, eos)
+    else:
+        pairs = _split_upstream(prompts, completions, tokenizer)
+    out: dict[str, list] = {"input_ids": [], "labels": [], "fate": [], "full_length": [], "n_response": [],
+                            "chat_fallback": fell_back}
+    for head, tail in pairs:
+        ids, labels = head + tail, [IGNORE] * len(head) + tail
+        full_length, fate = len(ids), KEPT
+        if len(ids) > max_length:
+            if overlong == "drop":
+                ids, labels, fate = [], [], DROPPED_OVERLONG
+            else:
+                ids, labels, fate = ids[:max_length], labels[:max_length], TRUNCATED
+        n_response = max(0, len(ids) - len(head))  # labels are -100 exactly on the head
+        # position 0 predicts nothing (the model is scored on token t+1 from t), so it does not count
+        if ids and n_response - (0 if head else 1) <= 0:
+            ids, labels, fate, n_response = [], [], DROPPED_NO_RESPONSE, 0  # no response token left to learn
+        out["input_ids"].append(ids)
+        out["labels"].append(labels)
+        out["fate"].append(fate)
+        out["full_length"].append(full_length)
+        out["n_response"].append(n_response)
+    return out
+
+
+def _split_exact(prompts: Sequence[str], completions: Sequence[str], tokenizer: Any,
+                 eos: int) -> list[tuple[list[int], list[int]]]:
+    """(masked head, labelled tail) per example, prompt and completion tokenized apart."""
+    prefix = _special_prefix(tokenizer)
+    prefix_text = tokenizer.decode(prefix) if prefix else ""
+    prompt_ids = tokenizer(list(prompts), add_special_tokens=False)["input_ids"]
+    completion_ids = tokenizer(list(completions), add_special_tokens=False)["input_ids"]
+    pairs = []
+    for prompt_text, head, tail in zip(prompts, prompt_ids, completion_ids):
+        if prefix and not prompt_text.startswith(prefix_text):
+            head = prefix + head  # a chat template that writes its own BOS keeps just that one
+        tail = tail[: tail.index(eos) + 1] if eos in tail else [*tail, eos]
+        pairs.append((head, tail))
+    return pairs
+
+
+def _split_upstream(prompts: Sequence[str], completions: Sequence[str],
+                    tokenizer: Any) -> list[tuple[list[int], list[int]]]:
+    """(masked head, labelled tail) as upstream's preprocess: joint text, prompt-length mask."""
+    eos_text = tokenizer.eos_token
+    texts = []
+    for prompt, completion in zip(prompts, completions):
+        cut = completion.find(eos_text)
+        completion = completion[: cut + len(eos_text)] if cut >= 0 else completion + eos_text
+        texts.append(prompt + completion)
+    full_ids = tokenizer(texts)["input_ids"]
+    prompt_lengths = [len(ids) for ids in tokenizer(list(prompts))["input_ids"]]
+    return [(ids[:n], ids[n:]) for ids, n in zip(full_ids, prompt_lengths)]
 
 
 def encode_example(
-    instruction: str, response: str, tokenizer: Any, *, template: str, max_length: int, overlong: str
+    instruction: str, response: str, tokenizer: Any, *, template: str, max_length: int, overlong: str,
+    prompt_boundary: str = "exact",
 ) -> tuple[list[int], list[int], str]:
-    """Token ids and labels of one example, and its fate: 'kept', 'truncated' or 'dropped'.
+    """Token ids, labels and fate of one example (see encode_batch); dropped examples have no ids."""
+    out = encode_batch([instruction], [response], tokenizer, template=template, max_length=max_length,
+                       overlong=overlong, prompt_boundary=prompt_boundary)
+    return out["input_ids"][0], out["labels"][0], out["fate"][0]
 
-    Prompt and response are tokenized separately so the prompt mask is exact at the boundary.
-    """
-    prompt_ids = tokenizer(training_prompt(template, instruction, tokenizer), add_special_tokens=False)["input_ids"]
-    response_ids = tokenizer(response, add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id]
-    ids = prompt_ids + response_ids
-    labels = [IGNORE] * len(prompt_ids) + response_ids
-    fate = "kept"
-    if len(ids) > max_length:
-        if overlong == "drop":
-            return [], [], "dropped"
-        ids, labels, fate = ids[:max_length], labels[:max_length], "truncated"
-    if all(label == IGNORE for label in labels[1:]):
-        return [], [], "dropped"  # truncation left no response token to learn from
-    return ids, labels, fate
+
+class _Encoder:
+    """The datasets.map function (a class, so worker processes get it by pickling)."""
+
+    def __init__(self, tokenizer: Any, options: Mapping[str, Any]) -> None:
+        self.tokenizer = tokenizer
+        self.options = dict(options)
+
+    def __call__(self, batch: Mapping[str, list]) -> dict[str, list]:
+        return encode_batch(batch["instruction"], batch["response"], self.tokenizer, **self.options)
+
+
+def _features():
+    from datasets import Features, List, Value
+
+    return Features({
+        "input_ids": List(Value("int32")), "labels": List(Value("int32")), "fate": Value("string"),
+        "full_length": Value("int32"), "n_response": Value("int32"), "chat_fallback": Value("bool"),
+    })
+
+
+def load_train_rows(path: Path) -> dict[str, list[str]]:
+    """The data stage's rows as columns; a missing or non-text column names the file and the row."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: missing; the data stage that makes it has not completed")
+    rows = read_jsonl(path)
+    if not rows:
+        raise ValueError(f"{path}: the training set is empty")
+    for index, row in enumerate(rows):
+        for column in COLUMNS:
+            if not isinstance(row.get(column), str):
+                raise ValueError(f"{path}: row {index} has no text column '{column}' (columns: "
+                                 f"{', '.join(sorted(row))}); expected the data stage's {' and '.join(COLUMNS)}")
+    return {column: [row[column] for row in rows] for column in COLUMNS}
+
+
+def _percentile(sorted_values: Sequence[int], q: float) -> int:
+    return int(sorted_values[min(len(sorted_values) - 1, int(q * len(sorted_values)))])
 
 
 def tokenize_dataset(
     settings: Mapping[str, Any], data_dir: Path, model_dir: Path, out_dir: Path, *, num_proc: int = 1
 ) -> dict[str, Any]:
-    """The `tokenize` stage: an arrow dataset of input_ids/labels, plus stats.json."""
+    """The `tokenize` stage: an arrow dataset of input_ids/labels in out_dir/dataset, plus stats.
+
+    Batched (the tokenizer encodes 1000 texts per call) and parallel over `num_proc` processes;
+    not cached by `datasets` (the artifact folder is the cache).
+    """
     from datasets import Dataset
     from transformers import AutoTokenizer
 
-    tokenizer = AutoTokenizer.from_pretrained(model_dir)
-    dataset = Dataset.from_list(read_jsonl(data_dir / TRAIN_FILE))
     options = {k: settings[k] for k in ("template", "max_length", "overlong")}
-
-    def encode(batch: dict[str, list]) -> dict[str, list]:
-        out: dict[str, list] = {"input_ids": [], "labels": [], "fate": []}
-        for instruction, response in zip(batch["instruction"], batch["response"]):
-            ids, labels, fate = encode_example(instruction, response, tokenizer, **options)
-            out["input_ids"].append(ids)
-            out["labels"].append(labels)
-            out["fate"].append(fate)
-        return out
-
-    encoded = dataset.map(
-        encode, batched=True, num_proc=num_proc if num_proc > 1 else None,
-        remove_columns=dataset.column_names, desc="tokenize",
+    options["prompt_boundary"] = settings.get("prompt_boundary", "exact")
+    columns = load_train_rows(Path(data_dir) / TRAIN_FILE)
+    tokenizer = AutoTokenizer.from_pretrained(model_dir)
+    tokenizer.model_max_length = 1 << 60  # we truncate ourselves; silences "sequence longer than" warnings
+    if options["template"] == "chat" and not getattr(tokenizer, "chat_template", None):
+        raise ValueError(f"tokenize.template is 'chat' but the tokenizer of {model_dir} has no chat template; "
+                         "use template plain or alpaca, or a model with a chat template")
+    encode_batch(columns["instruction"][:1], columns["response"][:1], tokenizer, **options)  # fail here, not in a worker
+    n_proc = max(1, min(int(num_proc), len(columns["instruction"]) // 1000 or 1))
+    # The map writes arrow files (memory-mapped back, not pickled between processes) into a scratch
+    # folder of the artifact, removed once the kept rows are saved.
+    scratch = Path(out_dir) / ".tokenize-scratch"
+    encoded = Dataset.from_dict(columns).map(
+        _Encoder(tokenizer, options), batched=True, batch_size=1000, num_proc=n_proc if n_proc > 1 else None,
+        remove_columns=list(COLUMNS), features=_features(), new_fingerprint="asft-tokenize",
+        cache_file_name=str(scratch / "encoded.arrow"), desc="tokenize",
     )
-    fates = encoded["fate"]
-    encoded = encoded.filter(lambda row: row["fate"] != "dropped").remove_columns("fate")
-    if len(encoded) == 0:
-        raise ValueError(f"tokenize: every example was dropped (max_length {settings['max_length']} too small?)")
-    encoded.save_to_disk(str(out_dir / "dataset"))
-    lengths = [len(ids) for ids in encoded["input_ids"]]
+    info = encoded.select_columns(["fate", "full_length", "n_response", "chat_fallback"]).to_dict()
+    fates = info["fate"]
+    full_lengths = sorted(info["full_length"])
+    kept_rows = [i for i, fate in enumerate(fates) if fate in (KEPT, TRUNCATED)]
+    if not kept_rows:
+        raise ValueError(f"tokenize: every example was dropped (max_length {settings['max_length']}, overlong "
+                         f"'{settings['overlong']}'; the median example has {_percentile(full_lengths, 0.5)} tokens)")
+    lengths = [min(info["full_length"][i], int(settings["max_length"])) for i in kept_rows]
+    kept = encoded if len(kept_rows) == len(fates) else encoded.select(kept_rows)
+    kept = kept.remove_columns(["fate", "full_length", "n_response", "chat_fallback"])
+    kept.save_to_disk(str(Path(out_dir) / "dataset"))
+    n_kept = len(kept)
+    del kept, encoded
+    shutil.rmtree(scratch, ignore_errors=True)
     stats = {
-        "examples": len(encoded),
-        "truncated": fates.count("truncated"),
-        "dropped": fates.count("dropped"),
+        "examples": n_kept,
+        "source_examples": len(fates),
+        "kept_whole": fates.count(KEPT),
+        "truncated": fates.count(TRUNCATED),
+        "dropped": fates.count(DROPPED_OVERLONG) + fates.count(DROPPED_NO_RESPONSE),
+        "dropped_overlong": fates.count(DROPPED_OVERLONG),
+        "dropped_no_response": fates.count(DROPPED_NO_RESPONSE),
         "tokens": sum(lengths),
-        "response_tokens": sum(sum(label != IGNORE for label in labels) for labels in encoded["labels"]),
+        "response_tokens": sum(info["n_response"][i] for i in kept_rows),
         "max_length_seen": max(lengths),
+        "length_before_truncation": {
+            "p50": _percentile(full_lengths, 0.5), "p90": _percentile(full_lengths, 0.9),
+            "p99": _percentile(full_lengths, 0.99), "max": full_lengths[-1],
+        },
+        **({"chat_template_fallbacks": sum(info["chat_fallback"])} if options["template"] == "chat" else {}),
+        **options,
     }
-    (out_dir / "stats.json").write_text(json.dumps(stats, indent=2) + "\n")
+    (Path(out_dir) / "stats.json").write_text(json.dumps(stats, indent=2) + "\n")
     return stats
