@@ -115,3 +115,35 @@ def test_aggregate_means_and_sample_stds(tmp_path):
     assert "| mul | asft | 2 | 86.0 ± 1.4 |" in md
     assert r"\toprule" in (out / "table.tex").read_text()
     assert (out / "table.png").stat().st_size > 1000 and not list(out.glob("*.tmp"))
+
+
+def test_drift_is_kl_base_to_model_on_gold_solutions(tmp_path, tiny_base):
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from asft.benchmarks import load_problems
+    from asft.evaluation import drift
+
+    problems = load_problems("embedded_mul", {"split_seed": 0}, limit=10)
+    assert drift(tiny_base, tiny_base, problems, template="plain") == pytest.approx(0.0, abs=1e-7)
+    other = AutoModelForCausalLM.from_pretrained(tiny_base)
+    with torch.no_grad():
+        for param in other.parameters():
+            param.add_(0.05 * torch.randn_like(param))
+    other_dir = tmp_path / "other"
+    other.save_pretrained(other_dir)
+    AutoTokenizer.from_pretrained(tiny_base).save_pretrained(other_dir)
+    measured = drift(other_dir, tiny_base, problems, template="plain", batch_size=3)
+    # direct: full logits of both models, KL(base || model) at each position predicting a solution token
+    tokenizer = AutoTokenizer.from_pretrained(tiny_base)
+    base = AutoModelForCausalLM.from_pretrained(tiny_base)
+    total, count = 0.0, 0
+    for problem in problems:
+        prompt = tokenizer(problem.question, add_special_tokens=False)["input_ids"]
+        answer = tokenizer(problem.solution, add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id]
+        ids = torch.tensor([prompt + answer])
+        with torch.no_grad():
+            log_p = torch.log_softmax(other(ids).logits[0, len(prompt) - 1 : -1], -1)
+            log_q = torch.log_softmax(base(ids).logits[0, len(prompt) - 1 : -1], -1)
+        total += float((log_q.exp() * (log_q - log_p)).sum())
+        count += len(answer)
+    assert measured == pytest.approx(total / count, rel=1e-4) and measured > 0

@@ -36,45 +36,56 @@ def score(correct: Sequence[Sequence[bool]]) -> dict[str, float]:
 
 @torch.no_grad()
 def drift(model_dir: Path, base_dir: Path, problems: Sequence[Problem], *, template: str,
-          batch_size: int = 64, max_problems: int = 256) -> float | None:
-    """Mean per-token KL(base || model) over the gold solution tokens of the problems."""
+          batch_size: int | None = None, max_problems: int = 256) -> float | None:
+    """Mean per-token KL(base || model) over the gold solution tokens of the problems (teacher-forced).
+
+    KL(base || model) is the KL term of `sft+kl` with the base as reference, so the chunked loss
+    computes it from hidden states without ever holding [tokens, vocab] logits: it fits 7B models.
+    """
     from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from asft.chunked_loss import chunked_loss
+    from asft.data import IGNORE
+    from asft.trainer import capture_hidden
 
     rows = [p for p in problems if p.solution][:max_problems]
     if not rows:
         return None
-    device = "cuda" if torch.cuda.is_available() else "cpu"
+    cuda = torch.cuda.is_available()
+    device, dtype = ("cuda", torch.bfloat16) if cuda else ("cpu", torch.float32)
+    batch_size = batch_size or (8 if cuda else 64)
     tokenizer = AutoTokenizer.from_pretrained(model_dir)
-    model = AutoModelForCausalLM.from_pretrained(model_dir).to(device).eval()
-    base = AutoModelForCausalLM.from_pretrained(base_dir).to(device).eval()
+    model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=dtype).to(device).eval()
+    base = AutoModelForCausalLM.from_pretrained(base_dir, dtype=dtype).to(device).eval()
+    limit = getattr(model.config, "max_position_embeddings", 4096)
+    prompt_template = template if template != "cot" else "plain"
     total, count = 0.0, 0
     for start in range(0, len(rows), batch_size):
         batch = rows[start : start + batch_size]
-        sequences, masks = [], []
+        encoded = []
         for problem in batch:
-            prompt = tokenizer(training_prompt(template if template != "cot" else "plain", problem.question, tokenizer),
+            prompt = tokenizer(training_prompt(prompt_template, problem.question, tokenizer),
                                add_special_tokens=False)["input_ids"]
             answer = tokenizer(problem.solution, add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id]
-            sequences.append(prompt + answer)
-            masks.append([0] * len(prompt) + [1] * len(answer))
-        limit = getattr(model.config, "max_position_embeddings", 4096)
-        width = min(max(len(s) for s in sequences), limit)
+            encoded.append(((prompt + answer)[:limit], ([IGNORE] * len(prompt) + answer)[:limit]))
+        width = max(len(ids) for ids, _ in encoded)
         ids = torch.full((len(batch), width), tokenizer.pad_token_id, dtype=torch.long)
+        labels = torch.full((len(batch), width), IGNORE, dtype=torch.long)
         attention = torch.zeros_like(ids)
-        target = torch.zeros_like(ids, dtype=torch.bool)
-        for i, (seq, mask) in enumerate(zip(sequences, masks)):
-            seq, mask = seq[:width], mask[:width]
-            ids[i, : len(seq)] = torch.tensor(seq)
-            attention[i, : len(seq)] = 1
-            target[i, : len(seq)] = torch.tensor(mask, dtype=torch.bool)
-        ids, attention, target = ids.to(device), attention.to(device), target.to(device)
-        # position t predicts token t+1: score positions whose next token is a solution token
-        scored = target[:, 1:]
-        log_p = torch.log_softmax(model(input_ids=ids, attention_mask=attention).logits[:, :-1].float(), -1)
-        log_q = torch.log_softmax(base(input_ids=ids, attention_mask=attention).logits[:, :-1].float(), -1)
-        kl = (log_q.exp() * (log_q - log_p)).sum(-1)  # KL(base || model) per position
-        total += float(kl[scored].sum())
-        count += int(scored.sum())
+        for i, (seq, lab) in enumerate(encoded):
+            ids[i, : len(seq)], labels[i, : len(lab)], attention[i, : len(seq)] = (
+                torch.tensor(seq), torch.tensor(lab), 1)
+        inputs = {"input_ids": ids.to(device), "attention_mask": attention.to(device)}
+        hidden = {}
+        for name, net in (("model", model), ("base", base)):
+            with capture_hidden(net) as store:
+                net(**inputs, logits_to_keep=1)
+            hidden[name] = store["hidden"]
+        terms = chunked_loss(hidden["model"], model.get_output_embeddings().weight, labels.to(device), "sft+kl",
+                             ref_hidden=hidden["base"], ref_head_weight=base.get_output_embeddings().weight,
+                             kl_weight=1.0)
+        total += float(terms.kl) * terms.n_tokens
+        count += terms.n_tokens
     return total / count if count else None
 
 

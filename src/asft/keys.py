@@ -21,7 +21,7 @@ KEY_LENGTH = 16
 STAGE_VERSIONS: Mapping[str, int] = {
     "model": 1,
     "data": 1,
-    "tokenize": 1,
+    "tokenize": 2,  # 2: chat targets end with the end-of-turn markup; Llama-style BOS masked
     "train": 1,
     "merge": 1,
     "eval": 1,
