@@ -76,7 +76,8 @@ def generate_vllm(
     try:
         from vllm import LLM, SamplingParams
     except ImportError as error:
-        raise RuntimeError("eval.backend 'vllm' needs the vllm extra (pip install 'asft[vllm]') and a GPU") from error
+        raise RuntimeError("eval.backend 'vllm' needs vLLM and a GPU: run with --software-deployment-method conda "
+                           "(envs/eval.yaml) or install vllm==0.33.0 in its own environment") from error
     llm = LLM(model=str(model_dir), tensor_parallel_size=tensor_parallel, seed=sampling.seed, trust_remote_code=False)
     params = SamplingParams(
         n=sampling.n, temperature=sampling.temperature, top_p=sampling.top_p,

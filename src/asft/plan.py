@@ -16,7 +16,7 @@ from typing import Any
 
 from asft.artifacts import Node
 from asft.benchmarks import get_benchmark
-from asft.config import Config, TrainSetConfig
+from asft.config import ROOT, Config, TrainSetConfig
 from asft.data import expected_sha256
 from asft.keys import KEY_LENGTH, canonical_json, stage_key
 from asft.losses import get_mode
@@ -90,13 +90,20 @@ def train_settings(cfg: Config, mode_name: str, seed: int) -> dict[str, Any]:
     return settings
 
 
+def repo_path(path: str | None) -> str | None:
+    """A relative path of the repository (e.g. config/deepspeed/zero3.json), valid from any working dir."""
+    if path is None or Path(path).is_absolute():
+        return path
+    return str(ROOT / path) if (ROOT / path).exists() else path
+
+
 def train_runtime(cfg: Config) -> dict[str, Any]:
     return {
         "implementation": cfg.loss.implementation,
         "chunk_size": cfg.loss.chunk_size,
         "save_steps": cfg.train.save_steps,
         "logging_steps": cfg.train.logging_steps,
-        "deepspeed": cfg.train.deepspeed,
+        "deepspeed": repo_path(cfg.train.deepspeed),
         "gradient_checkpointing": cfg.train.gradient_checkpointing,
         "num_processes": cfg.train.num_processes or max(1, cfg.resources.train.gpus),
     }
