@@ -147,3 +147,34 @@ def test_drift_is_kl_base_to_model_on_gold_solutions(tmp_path, tiny_base):
         total += float((log_q.exp() * (log_q - log_p)).sum())
         count += len(answer)
     assert measured == pytest.approx(total / count, rel=1e-4) and measured > 0
+
+
+def test_vllm_backend_passes_the_protocol_to_vllm(monkeypatch):
+    """vLLM needs a GPU; a stand-in module checks what our code asks of it and how it reads the answer."""
+    import sys
+    import types
+
+    calls = {}
+
+    class SamplingParams:
+        def __init__(self, **kwargs):
+            calls["params"] = kwargs
+
+    class LLM:
+        def __init__(self, **kwargs):
+            calls["llm"] = kwargs
+
+        def generate(self, prompts, params):
+            calls["prompts"] = prompts
+            out = types.SimpleNamespace
+            return [out(outputs=[out(text=f"{p} \\boxed{{1}}</s>junk"), out(text="x")]) for p in prompts]
+
+    monkeypatch.setitem(sys.modules, "vllm", types.SimpleNamespace(LLM=LLM, SamplingParams=SamplingParams))
+    from asft.generation import generate
+
+    sampling = Sampling(n=2, temperature=1.0, top_p=0.95, max_new_tokens=4096, stop=("</s>",), seed=3)
+    result = generate(Path("/models/m"), ["a", "b"], sampling, backend="vllm", tensor_parallel=4)
+    assert calls["llm"] == {"model": "/models/m", "tensor_parallel_size": 4, "seed": 3, "trust_remote_code": False}
+    assert calls["params"] == {"n": 2, "temperature": 1.0, "top_p": 0.95, "max_tokens": 4096, "stop": ["</s>"],
+                               "seed": 3}
+    assert result == [["a \\boxed{1}", "x"], ["b \\boxed{1}", "x"]]
