@@ -1,0 +1,504 @@
+"""Reliability: killed runs resume, corrupted artifacts are found and recomputed, bad inputs fail
+cleanly, and two workflows on one directory do not corrupt each other.
+
+The workflow tests share one real Snakemake run of tests/configs/tiny.yaml (with longer training):
+it is SIGKILLed mid-training, then unlocked and re-run, and later corrupted, fixed and re-run.
+What a user types after a kill: `snakemake --unlock` (a SIGKILLed Snakemake leaves its lock), then
+the same `snakemake` command; nothing else (no --rerun-incomplete: an artifact's manifest only
+appears once it is complete, so a killed job leaves no output that Snakemake would call incomplete).
+The rare exceptions (killed in the instant between a job's rename and Snakemake's bookkeeping, or
+while the aggregate writes its table) make Snakemake ask for --rerun-incomplete; `asft verify --fix`
+settles them without recomputing sound artifacts.
+"""
+
+from __future__ import annotations
+
+import csv
+import dataclasses
+import io
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from types import SimpleNamespace
+
+import pytest
+
+from asft.artifacts import MANIFEST, Node, sha256_file, writing_artifact
+from asft.status import log_error, snakemake_events
+from asft.verify import run_verify, scan
+from tests.conftest import RUNTIME, train_settings
+
+ROOT = Path(__file__).resolve().parents[1]
+TINY = ROOT / "tests" / "configs" / "tiny.yaml"
+SNAKEMAKE = [sys.executable, "-m", "snakemake", "-s", str(ROOT / "Snakefile")]
+ASFT = [sys.executable, "-m", "asft.cli"]
+LONG_TRAIN = "train: {max_steps: 60, save_steps: 20, logging_steps: 5}\n"
+LOCKED = "Directory cannot be locked"
+
+
+def smk(workdir: Path, *args: str, timeout: int = 900) -> subprocess.CompletedProcess:
+    return subprocess.run([*SNAKEMAKE, "--directory", str(workdir), *args], capture_output=True, text=True,
+                          timeout=timeout)
+
+
+def asft(cwd: Path, *args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([*ASFT, *args], cwd=cwd, capture_output=True, text=True, timeout=300)
+
+
+def output(result: subprocess.CompletedProcess) -> str:
+    return result.stdout + result.stderr
+
+
+def manifests(workdir: Path) -> dict[str, int]:
+    """'stage/key' -> mtime (ns) of every artifact manifest."""
+    return {f"{p.parent.parent.name}/{p.parent.name}": p.stat().st_mtime_ns
+            for p in (workdir / "results").glob("*/*/manifest.json")}
+
+
+def leftovers(workdir: Path) -> list[Path]:
+    return sorted((workdir / "results").glob("*/*.tmp-*")) + sorted((workdir / "results").glob("*.tmp"))
+
+
+def group_gone(pgid: int, timeout: float = 20) -> bool:
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        try:
+            os.killpg(pgid, 0)
+        except ProcessLookupError:
+            return True
+        time.sleep(0.1)
+    return False
+
+
+def read_table(workdir: Path) -> list[dict[str, str]]:
+    with open(workdir / "results" / "table.csv") as handle:
+        return list(csv.DictReader(handle))
+
+
+# --- one real run: SIGKILL mid-training, unlock, re-run --------------------------------------
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory) -> SimpleNamespace:
+    layers = tmp_path_factory.mktemp("layers")
+    (layers / "long_train.yaml").write_text(LONG_TRAIN)
+    configs = ["--configfile", str(TINY), str(layers / "long_train.yaml")]
+    workdir = tmp_path_factory.mktemp("killed")
+    first_log = layers / "first_run.log"
+    with open(first_log, "w") as log:
+        # Two cores, but a training job takes both: one training at a time, so none is mid-save at the kill.
+        proc = subprocess.Popen([*SNAKEMAKE, "--directory", str(workdir), *configs, "--cores", "2",
+                                 "--set-threads", "train=2"],
+                                stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    checkpoint = None
+    deadline = time.time() + 600
+    try:
+        while time.time() < deadline and proc.poll() is None:
+            found = sorted(workdir.glob("results/train/*.partial/checkpoint-*/trainer_state.json"))
+            if found:
+                checkpoint = found[0].parent
+                break
+            time.sleep(0.05)
+    finally:
+        os.killpg(proc.pid, signal.SIGKILL)  # snakemake and every job it started
+        proc.wait()
+    assert checkpoint is not None, f"no checkpoint appeared before the run ended:\n{first_log.read_text()[-3000:]}"
+    assert group_gone(proc.pid), "a job survived the SIGKILL of its process group"
+    key = checkpoint.parent.name.removesuffix(".partial")
+    state = SimpleNamespace(workdir=workdir, configs=configs, key=key, checkpoint=checkpoint.name)
+    state.after_kill = {
+        "manifest": (workdir / "results" / "train" / key / MANIFEST).exists(),
+        "partial": sorted(p.name for p in checkpoint.parent.iterdir()),
+        "locks": sorted(p.name for p in (workdir / ".snakemake" / "locks").glob("*.lock")),
+    }
+    state.status_after_kill = asft(workdir, "status", *configs)
+    state.verify_after_kill = asft(workdir, "verify")
+    state.plain_rerun = smk(workdir, *configs, "--cores", "2")
+    state.unlock = smk(workdir, *configs, "--unlock")
+    state.rerun = smk(workdir, *configs, "--cores", "2")
+    assert state.rerun.returncode == 0, output(state.rerun)[-4000:]
+    state.stats = json.loads((workdir / "results" / "train" / key / "stats.json").read_text())
+    state.table = read_table(workdir)
+    state.status_done = asft(workdir, "status", *configs)
+    state.verify_done = asft(workdir, "verify")
+    state.leftovers = leftovers(workdir) + sorted((workdir / "results").glob("train/*.partial"))
+    return state
+
+
+@pytest.mark.slow
+def test_sigkill_mid_training_then_unlock_and_rerun_resumes_from_the_checkpoint(run):
+    assert run.checkpoint == "checkpoint-20"
+    assert not run.after_kill["manifest"]  # the killed run left nothing that looks complete
+    assert "checkpoint-20" in run.after_kill["partial"] and run.after_kill["locks"]
+    # A plain re-run is refused: the SIGKILLed Snakemake could not remove its lock.
+    assert run.plain_rerun.returncode != 0
+    assert LOCKED in output(run.plain_rerun) and "--unlock" in output(run.plain_rerun)
+    assert run.unlock.returncode == 0 and "Unlocked" in output(run.unlock)
+    # After `snakemake --unlock`, the same command resumes the killed training and finishes.
+    assert run.stats["resumed_from"] == "checkpoint-20" and run.stats["steps"] == 60
+    assert [row["mode"] for row in run.table] == ["base", "sft", "asft"]
+    assert all(0 <= float(row["target_mean"]) <= 100 for row in run.table)
+    assert run.leftovers == []
+
+
+@pytest.mark.slow
+def test_status_shows_the_interrupted_run_then_all_done(run):
+    assert run.status_after_kill.returncode == 0, output(run.status_after_kill)
+    text = run.status_after_kill.stdout
+    killed = next(line for line in text.splitlines() if run.key in line)
+    assert "interrupted" in killed and "checkpoint-20" in killed and "/60" in killed
+    assert "pending" in text and "stale lock" in text and "snakemake --unlock" in text
+    assert "0/2" in next(line for line in text.splitlines() if line.startswith("train "))
+    done = run.status_done.stdout
+    assert run.status_done.returncode == 0, output(run.status_done)
+    assert done.count(" done ") + done.count(" done\n") >= 2 and "interrupted" not in done
+    for stage, total in (("model", 1), ("train", 2), ("merge", 2), ("eval", 9)):
+        assert f"{total}/{total}" in next(line for line in done.splitlines() if line.startswith(stage + " "))
+    assert "up to date" in done and "not running, no lock" in done
+
+
+@pytest.mark.slow
+def test_verify_reports_a_killed_runs_leftovers_as_notes_and_a_complete_run_as_sound(run):
+    after_kill = run.verify_after_kill
+    assert after_kill.returncode == 0, output(after_kill)
+    assert f"{run.key}.partial" in after_kill.stdout and "resume point: checkpoint-20" in after_kill.stdout
+    assert "0 problem(s)" in after_kill.stdout
+    assert run.verify_done.returncode == 0 and "16 sound, 0 problem(s), 0 note(s)" in run.verify_done.stdout
+
+
+@pytest.mark.slow
+def test_corrupted_artifacts_are_found_fixed_and_only_they_and_their_descendants_recomputed(run):
+    workdir, results = run.workdir, run.workdir / "results"
+    evals = {p.parent.name: json.loads(p.read_text()) for p in results.glob("eval/*/manifest.json")}
+    merge_key = sorted(p.name for p in (results / "merge").iterdir())[0]
+    base_eval = next(k for k, m in evals.items() if m["labels"]["mode"] == "base")
+    expected = {f"merge/{merge_key}", f"eval/{base_eval}"} | {
+        f"eval/{k}" for k, m in evals.items() if m["parents"]["model"] == f"merge/{merge_key}"}
+    assert len(expected) == 5
+    weights = results / "merge" / merge_key / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[: weights.stat().st_size // 2])
+    samples = results / "eval" / base_eval / "samples.jsonl"
+    samples.write_text(samples.read_text()[:100])
+    before = manifests(workdir)
+    table_before = (results / "table.csv").stat().st_mtime_ns
+
+    found = asft(workdir, "verify")
+    assert found.returncode == 1, output(found)
+    corrupted = [line for line in found.stdout.splitlines() if line.startswith("corrupted")]
+    assert len(corrupted) == 2
+    assert any(merge_key in line and "model.safetensors: sha256 mismatch" in line for line in corrupted)
+    assert any(base_eval in line and "samples.jsonl: sha256 mismatch" in line for line in corrupted)
+
+    # --fix removes them and what was made from them: Snakemake would not regenerate a missing
+    # intermediate while the files made from it (the merge's evaluations, the table) are up to date.
+    fixed = asft(workdir, "verify", "--fix")
+    assert fixed.returncode == 0, output(fixed)
+    assert not any((results / ref).exists() for ref in expected)
+    made_from = [line for line in fixed.stdout.splitlines() if f"made from merge/{merge_key}" in line]
+    assert len(made_from) == 3 and "aggregate of a removed evaluation" in fixed.stdout
+    assert not (results / "table.csv").exists()
+
+    # Re-run; while it holds the lock, a second workflow on the same directory is refused.
+    with open(workdir.parent / "fix_rerun.log", "w") as log:
+        first = subprocess.Popen([*SNAKEMAKE, "--directory", str(workdir), *run.configs, "--cores", "2"],
+                                 stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    try:
+        deadline = time.time() + 300
+        while not list((workdir / ".snakemake" / "locks").glob("*.lock")) and first.poll() is None:
+            assert time.time() < deadline, "the re-run never took its lock"
+            time.sleep(0.1)
+        second = subprocess.Popen([*SNAKEMAKE, "--directory", str(workdir), *run.configs, "--cores", "1"],
+                                  stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        running = asft(workdir, "status", *run.configs).stdout
+        while " running" not in running.split("stage ")[-1] and first.poll() is None:
+            running = asft(workdir, "status", *run.configs).stdout  # until a job has started
+        second_output, _ = second.communicate(timeout=300)
+        assert first.poll() is None, "the first run ended before the second was checked: inconclusive"
+        assert second.returncode != 0 and LOCKED in second_output, second_output[-3000:]
+        assert f"snakemake: running in {workdir}" in running and re.search(r"\d running", running), running
+        assert first.wait(timeout=900) == 0, (workdir.parent / "fix_rerun.log").read_text()[-4000:]
+    finally:
+        if first.poll() is None:
+            os.killpg(first.pid, signal.SIGKILL)
+
+    after = manifests(workdir)
+    assert set(after) == set(before), f"new {sorted(set(after) - set(before))}, lost {sorted(set(before) - set(after))}"
+    changed = {name for name in after if after[name] != before[name]}
+    assert changed == expected, f"recomputed {sorted(changed)}, expected {sorted(expected)}"
+    assert (results / "table.csv").stat().st_mtime_ns > table_before
+    log = (workdir.parent / "fix_rerun.log").read_text()
+    assert not any(f"rule {rule}:" in log for rule in ("train", "tokenize", "download_model", "download_data"))
+    assert [row["mode"] for row in read_table(workdir)] == ["base", "sft", "asft"]
+    clean = asft(workdir, "verify")
+    assert clean.returncode == 0 and "0 problem(s)" in clean.stdout, output(clean)
+    assert leftovers(workdir) == []
+
+
+# --- bad inputs: stop with a message naming the problem, leave nothing that looks complete ---
+
+@pytest.mark.slow
+def test_bad_configs_stop_at_parse_time_naming_the_field(tmp_path):
+    cases = {
+        "modes": ("modes: [sft, asfd]\n", ["modes: unknown mode 'asfd'", "did you mean 'asft'"]),
+        "kl_weight": ("loss: {kl_weight: -0.1}\n", ["loss.kl_weight", "greater than or equal to 0"]),
+        "seeds": ("seeds: []\n", ["seeds: the list is empty"]),
+    }
+    procs = {}
+    for name, (text, _) in cases.items():
+        (tmp_path / f"{name}.yaml").write_text(text)
+        (tmp_path / name).mkdir()
+        procs[name] = subprocess.Popen(
+            [*SNAKEMAKE, "--directory", str(tmp_path / name), "-n", "--configfile", str(tmp_path / f"{name}.yaml")],
+            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    for name, (_, messages) in cases.items():
+        out, _ = procs[name].communicate(timeout=300)
+        assert procs[name].returncode != 0, out
+        for message in messages:
+            assert message in out, out[-2000:]
+        assert "Traceback" not in out  # a message, not a crash
+        assert not (tmp_path / name / "results").exists()
+
+
+@pytest.mark.slow
+def test_model_without_weights_and_dataset_without_its_column_fail_their_jobs_cleanly(tmp_path):
+    model = tmp_path / "model_without_weights"
+    model.mkdir()
+    (model / "config.json").write_text('{"model_type": "qwen2"}\n')
+    rows = tmp_path / "wrong_columns.jsonl"
+    rows.write_text('{"question": "2*3", "answer": "6"}\n' * 4)
+    layer = tmp_path / "bad_inputs.yaml"
+    layer.write_text(f"model: {{source: local, local_path: '{model}'}}\n"
+                     f"train_sets: [{{name: wrongcols, source: local, path: '{rows}'}}]\n")
+    workdir = tmp_path / "work"
+    workdir.mkdir()
+    configs = ["--configfile", str(TINY), str(layer)]
+    result = smk(workdir, *configs, "--cores", "2", "--keep-going")
+    text = output(result)
+    assert result.returncode != 0
+    assert f"model.local_path {model}: no weights" in text, text[-4000:]
+    assert str(rows) in text and "'instruction'" in text and "prompt_field" in text, text[-4000:]
+    assert not list(workdir.glob("results/*/*/manifest.json")) and leftovers(workdir) == []
+    status = asft(workdir, "status", *configs)
+    assert status.returncode == 0, output(status)
+    lines = status.stdout.splitlines()
+    assert "1 failed" in next(line for line in lines if line.startswith("model "))
+    assert "1 failed" in next(line for line in lines if line.startswith("data "))
+    assert asft(workdir, "verify").returncode == 0
+
+
+def test_benchmark_row_without_gold_answer_names_the_file_and_row(tmp_path, monkeypatch):
+    """The file-benchmark loader on a doctored copy of GSM8K registered under a temporary name
+    (with the copy's own sha256: the shipped files are checked against theirs)."""
+    import asft.benchmarks as benchmarks
+
+    original = benchmarks.get_benchmark("gsm8k")
+    rows = [json.loads(line) for line in original.path.read_text().splitlines()[:5]]
+    folder = tmp_path / "gsm8k_doctored"
+    folder.mkdir()
+    path = folder / "test.jsonl"
+    path.write_text("".join(json.dumps(row) + "\n" for row in rows))
+    monkeypatch.setattr(benchmarks, "DATA_DIR", tmp_path)
+
+    def register(sha: str) -> None:
+        bench = benchmarks._file_benchmark("gsm8k_doctored", "GSM8K (doctored)", sha, benchmarks._gsm8k_gold, None)
+        monkeypatch.setitem(benchmarks._REGISTRY, bench.name, bench)
+
+    register(sha256_file(path))
+    assert [p.gold for p in benchmarks.load_problems("gsm8k_doctored")] == ["18", "3", "70000", "540", "20"]
+    rows[3]["answer"] = "She runs 3 sprints, 3 times a week, without a final answer marker."
+    path.write_text("".join(json.dumps(row) + "\n" for row in rows))
+    register(sha256_file(path))
+    with pytest.raises(ValueError) as error:
+        benchmarks.load_problems("gsm8k_doctored")
+    assert str(path) in str(error.value) and "row 3 has no gold answer" in str(error.value)
+    register(original.sha256)  # a changed file under a recorded sha256 is refused before any row is read
+    with pytest.raises(ValueError, match="was changed: sha256"):
+        benchmarks.load_problems("gsm8k_doctored")
+
+
+def test_nan_loss_stops_training_naming_the_step_and_keeps_the_last_checkpoint(tmp_path, tiny_base, tiny_dataset,
+                                                                             monkeypatch):
+    import asft.trainer as trainer
+    from asft.stages import checkpoint_dir, run_stage
+    from asft.trainer import NonFiniteLossError
+
+    real = trainer.chunked_loss
+    calls = []
+
+    def nan_from_step_3(*args, **kwargs):  # 2 micro-batches per step: calls 5, 6, ... are step 3 on
+        out = real(*args, **kwargs)
+        calls.append(1)
+        return dataclasses.replace(out, loss=out.loss * float("nan")) if len(calls) > 4 else out
+
+    monkeypatch.setattr(trainer, "chunked_loss", nan_from_step_3)
+    settings = train_settings("sft", max_steps=8, global_batch_size=8, per_device_batch_size=4)
+    final = tmp_path / "results" / "train" / "00000000000000aa"
+    node = Node("train", final.name, settings, {}, {"mode": "sft"}, {**RUNTIME, "save_steps": 2})
+    with pytest.raises(NonFiniteLossError) as error:
+        run_stage(node, {"model": tiny_base, "tokenize": tiny_dataset.parent}, final)
+    partial = checkpoint_dir(final)
+    assert "at step 3" in str(error.value) and str(partial) in str(error.value)
+    checkpoints = sorted(p.name for p in partial.glob("checkpoint-*"))
+    assert checkpoints == ["checkpoint-2"]
+    assert json.loads((partial / "checkpoint-2" / "trainer_state.json").read_text())["global_step"] == 2
+    assert not final.exists() and not list(final.parent.glob("*.tmp-*"))  # no partial artifact
+
+
+# --- verify and status on hand-made folders (fast) ---------------------------------------------
+
+def make_artifact(results: Path, stage: str, key: str, files: dict[str, bytes], parents=None) -> Path:
+    final = results / stage / key
+    with writing_artifact(final, Node(stage, key, {}, parents or {}, {})) as tmp:
+        for name, data in files.items():
+            (tmp / name).parent.mkdir(parents=True, exist_ok=True)
+            (tmp / name).write_bytes(data)
+    return final
+
+
+def kinds(results: Path) -> dict[tuple[str, str], str]:
+    return {(f.stage, f.name): f.kind for f in scan(results)}
+
+
+def test_verify_finds_every_kind_of_damage_and_fix_removes_only_what_it_must(tmp_path, capsys):
+    results = tmp_path / "results"
+    good = make_artifact(results, "data", "a" * 16, {"train.jsonl": b"{}\n", "stats.json": b"{}"})
+    make_artifact(results, "model", "b" * 16, {"model.safetensors": b"w" * 100, "sub/tok.json": b"{}"})
+    (results / "model" / ("b" * 16) / "model.safetensors").write_bytes(b"w" * 50)  # truncated
+    make_artifact(results, "merge", "c" * 16, {"config.json": b"{}"})
+    (results / "merge" / ("c" * 16) / "extra.bin").write_bytes(b"x")  # unlisted
+    make_artifact(results, "eval", "d" * 16, {"scores.json": b"{}"})
+    (results / "eval" / ("d" * 16) / "scores.json").unlink()  # missing
+    moved = make_artifact(results, "eval", "e" * 16, {"scores.json": b"{}"})
+    moved.rename(results / "eval" / ("f" * 16))  # key differs from the folder
+    make_artifact(results, "tokenize", "1" * 16, {"stats.json": b"{}"})
+    (results / "tokenize" / ("1" * 16) / MANIFEST).write_text("{not json")
+    (results / "train" / ("2" * 16)).mkdir(parents=True)
+    (results / "train" / ("2" * 16) / "stats.json").write_text("{}")  # files, no manifest
+    (results / "train" / ("3" * 16)).mkdir()  # empty: Snakemake pre-created it
+    partial = results / "train" / f"{'4' * 16}.partial"
+    (partial / "checkpoint-2").mkdir(parents=True)
+    (partial / "checkpoint-2" / "trainer_state.json").write_text('{"global_step": 2}')
+    (partial / "checkpoint-4").mkdir()  # killed while saving
+    (results / "train" / f"{'5' * 16}.tmp-999999999").mkdir()  # dead pid
+    (results / "train" / f"{'6' * 16}.tmp-{os.getpid()}").mkdir()  # a live process
+    (results / "table.csv.tmp").write_text("half a table")
+
+    found = kinds(results)
+    assert found == {
+        ("model", "b" * 16): "corrupted", ("tokenize", "1" * 16): "corrupted", ("train", "2" * 16): "incomplete",
+        ("train", "3" * 16): "empty", ("train", f"{'4' * 16}.partial/checkpoint-4"): "bad-checkpoint",
+        ("train", f"{'4' * 16}.partial"): "checkpoint", ("train", f"{'5' * 16}.tmp-999999999"): "leftover",
+        ("train", f"{'6' * 16}.tmp-{os.getpid()}"): "leftover", ("merge", "c" * 16): "corrupted",
+        ("eval", "d" * 16): "corrupted", ("eval", "f" * 16): "corrupted", ("aggregate", "table.csv.tmp"): "leftover",
+    }
+    details = {f.name: f.detail for f in scan(results)}
+    assert "model.safetensors: sha256 mismatch (50 bytes" in details["b" * 16]
+    assert "extra.bin: not listed" in details["c" * 16] and "scores.json: missing" in details["d" * 16]
+    assert "manifest key 'eeeeeeeeeeeeeeee' differs" in details["f" * 16]
+    assert "does not parse" in details["1" * 16] and "checkpoint-2 (step 2)" in details[f"{'4' * 16}.partial"]
+    assert run_verify(results) == 1
+
+    locks = tmp_path / ".snakemake" / "locks"
+    locks.mkdir(parents=True)
+    (locks / "0.input.lock").write_text("x\n")
+    assert run_verify(results, fix=True) == 1 and "refusing to fix" in capsys.readouterr().out
+    assert kinds(results) == found  # nothing removed under a lock
+    (locks / "0.input.lock").unlink()
+
+    assert run_verify(results, fix=True) == 0
+    assert kinds(results) == {("train", f"{'4' * 16}.partial"): "checkpoint",
+                              ("train", f"{'6' * 16}.tmp-{os.getpid()}"): "leftover"}
+    assert (partial / "checkpoint-2").is_dir() and not (partial / "checkpoint-4").exists()
+    assert (good / MANIFEST).is_file() and run_verify(results) == 0
+
+
+def test_verify_removes_the_checkpoints_of_a_run_that_completed_since(tmp_path):
+    results = tmp_path / "results"
+    make_artifact(results, "train", "7" * 16, {"stats.json": b"{}"})
+    (results / "train" / f"{'7' * 16}.partial" / "checkpoint-2").mkdir(parents=True)
+    assert kinds(results) == {("train", f"{'7' * 16}.partial"): "leftover"}
+    assert run_verify(results, fix=True) == 0 and kinds(results) == {}
+
+
+def test_status_reads_failures_and_starts_from_the_logs(tmp_path):
+    log_dir = tmp_path / ".snakemake" / "log"
+    log_dir.mkdir(parents=True)
+    (log_dir / "2026-01-01T000000.000000.snakemake.log").write_text(
+        "rule train:\n    input: a\n    output: results/train/k1/manifest.json, results/train/k1/curves.png\n"
+        "    jobid: 1\n[Thu Jan  1]\nError in rule train:\n    jobid: 1\n"
+        "    output: results/train/k1/manifest.json, results/train/k1/curves.png\nlocalrule download_data:\n"
+        "    output: results/data/k2/manifest.json\n")
+    (log_dir / "2026-01-02T000000.000000.snakemake.log").write_text(
+        "rule train:\n    output: results/train/k3/manifest.json\n")
+    overall, newest, latest = snakemake_events(tmp_path)
+    assert overall == {"results/train/k1/manifest.json": "error", "results/train/k1/curves.png": "error",
+                       "results/data/k2/manifest.json": "started", "results/train/k3/manifest.json": "started"}
+    assert newest == {"results/train/k3/manifest.json": "started"} and latest.name.startswith("2026-01-02")
+
+    log = tmp_path / "train.log"
+    log.write_text("[asft] train k {}\nTraceback (most recent call last):\n  File x\n"
+                   "asft.trainer.NonFiniteLossError: non-finite loss (nan) at step 3\n")
+    assert log_error(log) == "asft.trainer.NonFiniteLossError: non-finite loss (nan) at step 3"
+    log.write_text(log.read_text() + "[asft] train k {}\n 40%|####      | 4/10\n")  # a later, killed attempt
+    assert log_error(log) is None
+    log.write_text("[asft] train k {}\n[asft] train k done\n")
+    assert log_error(log) is None
+
+
+def test_fix_removes_descendants_and_the_aggregate_and_clears_snakemakes_stale_marks(tmp_path):
+    import base64
+
+    results = tmp_path / "results"
+    model = "0" * 16
+    make_artifact(results, "model", model, {"w.safetensors": b"w"})
+    make_artifact(results, "train", "1" * 16, {"a.bin": b"a"}, {"model": f"model/{model}"})
+    make_artifact(results, "merge", "2" * 16, {"w.bin": b"m"},
+                  {"train": f"train/{'1' * 16}", "model": f"model/{model}"})
+    make_artifact(results, "eval", "3" * 16, {"s.json": b"{}"},
+                  {"model": f"merge/{'2' * 16}", "base": f"model/{model}"})
+    make_artifact(results, "eval", "4" * 16, {"s.json": b"{}"}, {"model": f"model/{model}"})
+    for folder, keys in (("aaaaaaaaaaaaaaaa", ["3" * 16, "4" * 16]), ("bbbbbbbbbbbbbbbb", ["4" * 16])):
+        (results / "tables" / folder).mkdir(parents=True)
+        (results / "tables" / folder / "plan.json").write_text(json.dumps({"rows": [{"eval_key": k} for k in keys]}))
+    (results / "table.csv").write_text("mode\n")
+    (results / "train" / ("1" * 16) / "a.bin").write_bytes(b"changed")
+
+    marks = tmp_path / ".snakemake" / "incomplete"
+    marks.mkdir(parents=True)
+
+    def mark(path: str) -> Path:
+        marker = marks / base64.urlsafe_b64encode(path.encode()).decode()
+        marker.write_text('{"external_jobid": null}')
+        return marker
+    sound = mark(f"results/eval/{'4' * 16}/manifest.json")
+    mark("results/runs.csv")
+    (results / "runs.csv").write_text("half")
+    mark(f"results/eval/{'5' * 16}/manifest.json")  # no such file: harmless, not reported
+
+    assert kinds(results) == {("train", "1" * 16): "corrupted"}
+    out = io.StringIO()
+    assert run_verify(results, out=out) == 1
+    assert "marks results/eval/4444444444444444/manifest.json incomplete" in out.getvalue()
+    assert "incomplete  aggregate  results/runs.csv" in out.getvalue()
+    assert run_verify(results, fix=True) == 0
+    remaining = {p.parent.name for p in results.glob("*/*/manifest.json")}
+    assert remaining == {model, "4" * 16}  # train, and the merge and eval made from it, are gone
+    assert not (results / "tables" / "aaaaaaaaaaaaaaaa").exists() and (results / "tables" / "bbbbbbbbbbbbbbbb").exists()
+    assert not (results / "table.csv").exists() and not (results / "runs.csv").exists()
+    assert not sound.exists()  # the mark of a sound artifact is cleared, the artifact kept
+    assert run_verify(results) == 0
+
+
+def test_an_artifact_whose_parent_was_deleted_is_reported_but_kept(tmp_path):
+    import shutil
+
+    results = tmp_path / "results"
+    make_artifact(results, "model", "8" * 16, {"w.safetensors": b"w"})
+    make_artifact(results, "eval", "9" * 16, {"s.json": b"{}"}, {"model": f"model/{'8' * 16}"})
+    shutil.rmtree(results / "model" / ("8" * 16))
+    assert kinds(results) == {("eval", "9" * 16): "orphan"}
+    assert run_verify(results, fix=True) == 0 and (results / "eval" / ("9" * 16) / MANIFEST).is_file()
