@@ -155,3 +155,15 @@ def test_two_process_training_with_torchrun(tmp_path, tiny_base, tiny_dataset):
     assert stats["steps"] == 3
     assert stats["gradient_accumulation"] == 1  # 8 = 4 per device x 2 processes
     assert (out / "model" / "adapter_model.safetensors").exists()
+
+
+def test_a_partially_saved_checkpoint_is_not_resumed_from(tmp_path):
+    from asft.trainer import last_complete_checkpoint
+
+    assert last_complete_checkpoint(tmp_path / "missing") is None
+    for step, complete in ((4, True), (8, True), (12, False)):  # killed while saving checkpoint-12
+        folder = tmp_path / f"checkpoint-{step}"
+        folder.mkdir()
+        if complete:
+            (folder / "trainer_state.json").write_text("{}")
+    assert last_complete_checkpoint(tmp_path) == str(tmp_path / "checkpoint-8")

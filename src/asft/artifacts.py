@@ -115,6 +115,35 @@ def _clear_target(final: Path) -> None:
         shutil.rmtree(final)  # an incomplete leftover without a manifest
 
 
+def _process_alive(pid: str) -> bool:
+    if not pid.isdigit():
+        return False
+    try:
+        os.kill(int(pid), 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return int(pid) != os.getpid()
+
+
+def _fsync_dir(folder: Path) -> None:
+    fd = os.open(folder, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _fsync_tree(folder: Path) -> None:
+    for path in folder.rglob("*"):
+        if path.is_file():
+            with open(path, "rb") as handle:
+                os.fsync(handle.fileno())
+    for path in [folder, *(p for p in folder.rglob("*") if p.is_dir())]:
+        _fsync_dir(path)
+
+
 @contextmanager
 def writing_artifact(final: Path, node: Node, extra: Mapping[str, Any] | None = None) -> Iterator[Path]:
     """Yield a temporary folder; on success write the manifest and rename it to `final`.
@@ -125,7 +154,8 @@ def writing_artifact(final: Path, node: Node, extra: Mapping[str, Any] | None = 
     final = Path(final)
     final.parent.mkdir(parents=True, exist_ok=True)
     for stale in final.parent.glob(f"{final.name}.tmp-*"):
-        shutil.rmtree(stale, ignore_errors=True)
+        if not _process_alive(stale.name.rsplit("-", 1)[-1]):
+            shutil.rmtree(stale, ignore_errors=True)  # left by a killed job; a live one keeps its own
     tmp = final.parent / f"{final.name}.tmp-{os.getpid()}"
     tmp.mkdir()
     started = time.time()
@@ -141,8 +171,10 @@ def writing_artifact(final: Path, node: Node, extra: Mapping[str, Any] | None = 
             "files": file_hashes(tmp),
         }
         (tmp / MANIFEST).write_text(json.dumps(manifest, indent=2, sort_keys=True) + "\n")
+        _fsync_tree(tmp)  # the rename must never expose files still in the page cache only
         _clear_target(final)
         os.replace(tmp, final)
+        _fsync_dir(final.parent)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise

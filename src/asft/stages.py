@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import os
 import sys
+import traceback
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
@@ -143,7 +144,12 @@ def run_from_snakemake(smk: Any) -> None:
     inputs = {role: Path(path).parent for role, path in smk.input.items() if str(path).endswith("manifest.json")}
     with redirect_output(smk.log[0] if smk.log else None):
         print(f"[asft] {node.stage} {node.key} {json.dumps(dict(node.labels))}", flush=True)
-        run_stage(node, inputs, Path(smk.output[0]).parent, threads=int(smk.threads))
+        try:
+            run_stage(node, inputs, Path(smk.output[0]).parent, threads=int(smk.threads))
+        except BaseException:
+            traceback.print_exc()  # into the rule's log, where users look first
+            print(f"[asft] {node.stage} {node.key} failed", flush=True)
+            raise
         print(f"[asft] {node.stage} {node.key} done", flush=True)
 
 

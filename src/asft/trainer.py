@@ -223,6 +223,16 @@ class MetricsWriter:
         return [by_key[k] for k in sorted(by_key)]
 
 
+def last_complete_checkpoint(checkpoint_dir: Path) -> str | None:
+    """The newest checkpoint whose save finished (trainer_state.json is written last by the Trainer);
+    a job killed while saving leaves a partial checkpoint-N that must not be resumed from."""
+    if not checkpoint_dir.is_dir():
+        return None
+    complete = [path for path in checkpoint_dir.glob("checkpoint-*")
+                if path.name.split("-")[-1].isdigit() and (path / "trainer_state.json").is_file()]
+    return str(max(complete, key=lambda path: int(path.name.split("-")[-1]))) if complete else None
+
+
 def _deepspeed_stage(path: str | None) -> int:
     if not path:
         return 0
@@ -257,7 +267,6 @@ def train_run(
     """
     from datasets import load_from_disk
     from transformers import AutoTokenizer, TrainingArguments, set_seed
-    from transformers.trainer_utils import get_last_checkpoint
 
     torch.set_num_threads(threads)
     seed = int(settings["seed"])
@@ -329,7 +338,7 @@ def train_run(
     )
     if reference is not None and reference.frozen_copy is not None:
         reference.frozen_copy = prepare_reference(reference.frozen_copy, trainer)
-    resume = get_last_checkpoint(str(checkpoint_dir)) if checkpoint_dir.exists() else None
+    resume = last_complete_checkpoint(checkpoint_dir)
     result = trainer.train(resume_from_checkpoint=resume)
 
     final = out_dir / "model"
