@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from asft.artifacts import sha256_file
+from asft.grading import last_boxed
 
 DATA_DIR = Path(__file__).resolve().parents[2] / "data" / "benchmarks"
 QUESTION_FIELDS = ("question", "problem", "Question", "input")  # upstream parse_question order
@@ -81,25 +82,6 @@ def get_benchmark(name: str) -> Benchmark:
         close = difflib.get_close_matches(name, _REGISTRY, n=1)
         hint = f" (did you mean '{close[0]}'?)" if close else ""
         raise ValueError(f"unknown benchmark '{name}'{hint}; known: {', '.join(available_benchmarks())}") from None
-
-
-def last_boxed(text: str) -> str | None:
-    """Content of the last brace-matched \\boxed{...} in text (used for gold solutions only)."""
-    start = text.rfind("\\boxed")
-    if start < 0:
-        return None
-    i = text.find("{", start)
-    if i < 0:
-        return None
-    depth = 0
-    for j in range(i, len(text)):
-        if text[j] == "{":
-            depth += 1
-        elif text[j] == "}":
-            depth -= 1
-            if depth == 0:
-                return text[i + 1 : j]
-    return None
 
 
 def _question(row: Mapping[str, Any], path: Path, index: int) -> str:

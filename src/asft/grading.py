@@ -214,6 +214,12 @@ def _last_box(s: str) -> tuple[bool, str | None]:
         pos = i
 
 
+def last_boxed(text: str) -> str | None:
+    """Content of the last brace-matched ``\\boxed{}``/``\\fbox{}`` of ``text``; None if there is none
+    or it is never closed. (The one box extractor: gold solutions and the embedded checks use it too.)"""
+    return _last_box(text)[1]
+
+
 def _all_boxes(s: str) -> list[str]:
     """Contents of all top-level boxes, left to right (stops at an unclosed one)."""
     out: list[str] = []

@@ -28,6 +28,8 @@ import torch.nn.functional as F
 from tqdm.auto import tqdm
 from transformers import PreTrainedTokenizerBase, Qwen2Config, Qwen2ForCausalLM
 
+from asft.grading import last_boxed
+
 from .tasks import TASKS, Example, split
 from .tokenizer import build_tokenizer
 
@@ -287,24 +289,12 @@ def _pretrain(spec: EmbeddedBaseSpec, out_dir: Path, *, progress: bool) -> dict[
     }
 
 
-_BOXED = "\\boxed{"
 
 
 def extract_boxed(text: str) -> str | None:
-    """Content of the last ``\\boxed{...}`` in ``text`` (braces balanced), or None."""
-    start = text.rfind(_BOXED)
-    if start < 0:
-        return None
-    depth = 1
-    pos = start + len(_BOXED)
-    for i in range(pos, len(text)):
-        if text[i] == "{":
-            depth += 1
-        elif text[i] == "}":
-            depth -= 1
-            if depth == 0:
-                return text[pos:i].strip()
-    return None
+    """Content of the last ``\\boxed{...}`` in ``text`` (braces balanced, stripped), or None."""
+    content = last_boxed(text)
+    return None if content is None else content.strip()
 
 
 @torch.no_grad()
