@@ -13,6 +13,11 @@ from pathlib import Path
 import torch
 
 
+#: The vLLM release this workflow is tested against. It pins torch 2.14.0 and transformers < 5.21, so it
+#: cannot share the training environment: envs/eval.yaml is its environment (a test keeps them equal).
+VLLM_REQUIREMENT = "vllm==0.33.0"
+
+
 @dataclass(frozen=True)
 class Sampling:
     n: int = 1
@@ -77,7 +82,7 @@ def generate_vllm(
         from vllm import LLM, SamplingParams
     except ImportError as error:
         raise RuntimeError("eval.backend 'vllm' needs vLLM and a GPU: run with --software-deployment-method conda "
-                           "(envs/eval.yaml) or install vllm==0.33.0 in its own environment") from error
+                           f"(envs/eval.yaml) or install {VLLM_REQUIREMENT} in its own environment") from error
     llm = LLM(model=str(model_dir), tensor_parallel_size=tensor_parallel, seed=sampling.seed, trust_remote_code=False)
     params = SamplingParams(
         n=sampling.n, temperature=sampling.temperature, top_p=sampling.top_p,
