@@ -214,7 +214,7 @@ def test_corrupted_artifacts_are_found_fixed_and_only_they_and_their_descendants
         second = subprocess.Popen([*SNAKEMAKE, "--directory", str(workdir), *run.configs, "--cores", "1"],
                                   stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
         running = asft(workdir, "status", *run.configs).stdout
-        while " running" not in running.split("stage ")[-1] and first.poll() is None:
+        while not re.search(r"\d running", running) and first.poll() is None:
             running = asft(workdir, "status", *run.configs).stdout  # until a job has started
         second_output, _ = second.communicate(timeout=300)
         assert first.poll() is None, "the first run ended before the second was checked: inconclusive"
