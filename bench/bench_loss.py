@@ -238,8 +238,8 @@ def main(argv=None):
             print(f"  done {impl:9s} {mode:7s} in {time.perf_counter() - t_start:6.1f} s total", flush=True)
 
     print()
-    print(f"| impl     | mode    | step (s) | peak over baseline (MiB) | loss       |")
-    print(f"|----------|---------|---------:|-------------------------:|-----------:|")
+    print("| impl     | mode    | step (s) | peak over baseline (MiB) | loss       |")
+    print("|----------|---------|---------:|-------------------------:|-----------:|")
     for (impl, mode), r in results.items():
         star = "" if r["exact_peak"] else "*"
         print(f"| {impl:8s} | {mode:7s} | {r['step_s']:8.3f} | {r['peak_mib']:23.0f}{star} | {r['loss']:.6f} |")

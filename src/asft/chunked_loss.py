@@ -152,7 +152,7 @@ class _ChunkedLoss(torch.autograd.Function):
 
         h = hidden.detach().reshape(B * T, H).index_select(0, rows).float()  # (N, H)
         w_head = head_weight.detach().float()  # (V, H), no copy when already fp32
-        n, vocab = y.numel(), w_head.shape[0]
+        n = y.numel()
         # Same memory budget whatever the mode: a reference model doubles the (rows, V) buffers,
         # so its chunks hold half the rows and asft's peak stays at sft's.
         step = plan.chunk_size if ref_hidden is None else max(1, plan.chunk_size // 2)

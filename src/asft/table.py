@@ -119,7 +119,7 @@ def markdown_table(table: pd.DataFrame, benchmarks: Sequence[str], *, title: str
     compared = [c.removesuffix("_published") for c in table.columns if c.endswith("_published")]
     if published and compared:
         display = {**{b: get_benchmark(b).display for b in benchmarks}, **labels}
-        lines += ["", f"## Published numbers beside ours", "", f"Source: {published['source']} "
+        lines += ["", "## Published numbers beside ours", "", f"Source: {published['source']} "
                   f"(protocol: {published.get('protocol', 'unknown')}).", "",
                   "| train set | mode | " + " | ".join(f"{display.get(m, m)}: ours / published / Δ" for m in compared)
                   + " |", "|" + "---|" * (2 + len(compared))]
