@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from asft.config import Config
+from asft.artifacts import Node
 from asft.plan import Plan
 
 #: Parameter counts of common base models (from their published configs).
@@ -69,27 +70,38 @@ def model_params(config: Config) -> float:
     raise ValueError(f"cost: unknown size of model '{model.id}'; give model.local_path with a config.json")
 
 
-def dataset_tokens(plan: Plan, tokenize_key: str, results: Path) -> tuple[float, str]:
-    """Training-set tokens and how they were obtained."""
-    stats = results / "tokenize" / tokenize_key / "stats.json"
-    if stats.is_file():
-        data = json.loads(stats.read_text())
-        return float(data["tokens"]), "exact (cached tokenize)"
-    node = plan.node("tokenize", tokenize_key)
-    data_settings = plan.node("data", node.parents["data"].split("/")[1]).settings
-    if data_settings["source"] == "embedded":
+def dataset_rows(data: dict[str, Any]) -> float:
+    """Rows of a training set from its data settings: the subsample size, else the embedded split,
+    else the pinned row count of a paper file, else an assumed 10,000."""
+    if data.get("size"):
+        return float(data["size"])
+    if data["source"] == "embedded":
         from asft.embedded.tasks import split
 
-        rows = len(split(data_settings["task"], data_settings["split_seed"])[0])
-        return rows * 24.0, "embedded rows x 24 tokens"
+        return float(len(split(data["task"], data["split_seed"])[0]))
     from asft.data import known_file
 
-    entry = known_file(data_settings.get("repo"), data_settings.get("filename"))
+    entry = known_file(data.get("repo"), data.get("filename"))
+    return float(entry.rows) if entry and entry.rows else 10000.0
+
+
+def dataset_tokens(plan: Plan, train_node: Node, results: Path) -> tuple[float, float, str]:
+    """Rows and tokens of a run's training set, and how the tokens were obtained."""
+    tokenize = plan.parent(train_node, "tokenize")
+    data = plan.parent(tokenize, "data").settings
+    rows = dataset_rows(data)
+    stats = results / "tokenize" / tokenize.key / "stats.json"
+    if stats.is_file():
+        exact = json.loads(stats.read_text())
+        return float(exact["examples"]), float(exact["tokens"]), "exact (cached tokenize)"
+    if data["source"] == "embedded":
+        return rows, rows * 24.0, "embedded rows x 24 tokens"
+    from asft.data import known_file
+
+    entry = known_file(data.get("repo"), data.get("filename"))
     if entry and entry.rows:
-        rows = data_settings.get("size") or entry.rows
-        return rows * entry.bytes / entry.rows / BYTES_PER_TOKEN, f"{entry.filename}: bytes / {BYTES_PER_TOKEN}"
-    rows = data_settings.get("size") or 10000
-    return rows * float(DEFAULT_TOKENS_PER_ROW), f"{rows} rows x {DEFAULT_TOKENS_PER_ROW} tokens (assumed)"
+        return rows, rows * entry.bytes / entry.rows / BYTES_PER_TOKEN, f"{entry.filename}: bytes / {BYTES_PER_TOKEN}"
+    return rows, rows * float(DEFAULT_TOKENS_PER_ROW), f"{rows:.0f} rows x {DEFAULT_TOKENS_PER_ROW} tokens (assumed)"
 
 
 def estimate(plan: Plan, results: Path, assumptions: Assumptions = Assumptions()) -> dict[str, Any]:
@@ -110,11 +122,11 @@ def estimate(plan: Plan, results: Path, assumptions: Assumptions = Assumptions()
     notes = []
     train_tokens = train_flops = 0.0
     for node in plan.nodes.get("train", {}).values():
-        tokens, how = dataset_tokens(plan, node.parents["tokenize"].split("/")[1], results)
+        rows, tokens, how = dataset_tokens(plan, node, results)
         settings = node.settings
         if settings["max_steps"]:
             examples = settings["max_steps"] * settings["global_batch_size"]
-            tokens = tokens / _rows_of(plan, node) * examples
+            tokens = tokens / rows * examples
         else:
             tokens *= settings["epochs"]
         per_token = 6 if settings["method"] == "full" else 4
@@ -143,22 +155,6 @@ def estimate(plan: Plan, results: Path, assumptions: Assumptions = Assumptions()
     stages.setdefault("train", {}).update(tokens=train_tokens, flops=train_flops, gpu_hours=gpu_hours["train"])
     stages.setdefault("eval", {}).update(tokens=gen_tokens, flops=gen_flops, gpu_hours=gpu_hours["eval"])
     return {"params": params, "stages": stages, "token_sources": sorted(set(notes)), "assumptions": assumptions}
-
-
-def _rows_of(plan: Plan, train_node) -> float:
-    """Examples in the training set of a run (for max_steps runs: tokens per example)."""
-    tokenize = plan.node("tokenize", train_node.parents["tokenize"].split("/")[1])
-    data = plan.node("data", tokenize.parents["data"].split("/")[1]).settings
-    if data.get("size"):
-        return float(data["size"])
-    if data["source"] == "embedded":
-        from asft.embedded.tasks import split
-
-        return float(len(split(data["task"], data["split_seed"])[0]))
-    from asft.data import known_file
-
-    entry = known_file(data.get("repo"), data.get("filename"))
-    return float(entry.rows) if entry and entry.rows else 10000.0
 
 
 def format_estimate(result: dict[str, Any]) -> str:

@@ -158,6 +158,11 @@ class Plan:
         except KeyError:
             raise KeyError(f"no {stage} job with key {key} in this configuration") from None
 
+    def parent(self, node: Node, role: str) -> Node:
+        """The node a parent reference ("stage/key") of `node` points to."""
+        stage, key = node.parents[role].split("/")
+        return self.node(stage, key)
+
     def keys(self, stage: str) -> list[str]:
         return sorted(self.nodes.get(stage, {}))
 

@@ -72,8 +72,8 @@ def run_rows(eval_rows: Sequence[Mapping[str, Any]], scores: Mapping[str, Mappin
     for run in runs.values():
         run["target"] = _mean([run.get(b, math.nan) for b in target])
         run["retention"] = _mean([run.get(b, math.nan) for b in retention])
-        run["drift"] = 0.0 if run["mode"] == "base" else _mean(run.pop("_drift"))
-        run.pop("_drift", None)
+        drifts = run.pop("_drift")
+        run["drift"] = 0.0 if run["mode"] == "base" else _mean(drifts)
         rows.append(run)
     return pd.DataFrame(rows)
 

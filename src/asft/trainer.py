@@ -53,10 +53,16 @@ class LossSpec:
         return {"kl_weight": self.kl_weight, "kl_direction": self.kl_direction, **self.hparams}
 
 
-def unwrap(model: nn.Module) -> nn.Module:
-    """The plain causal LM under DDP/DeepSpeed and peft wrappers."""
+def unwrap_distributed(model: nn.Module) -> nn.Module:
+    """The model under DDP/DeepSpeed wrappers (a peft model stays a peft model)."""
     while hasattr(model, "module") and isinstance(model.module, nn.Module):
         model = model.module
+    return model
+
+
+def unwrap(model: nn.Module) -> nn.Module:
+    """The plain causal LM under DDP/DeepSpeed and peft wrappers."""
+    model = unwrap_distributed(model)
     return model.get_base_model() if hasattr(model, "get_base_model") else model
 
 
@@ -85,9 +91,7 @@ class Reference:
     def _context(self):
         if self.frozen_copy is not None:
             return nullcontext()
-        peft_model = self.policy
-        while hasattr(peft_model, "module") and isinstance(peft_model.module, nn.Module):
-            peft_model = peft_model.module
+        peft_model = unwrap_distributed(self.policy)
         if not hasattr(peft_model, "disable_adapter"):
             raise RuntimeError("full fine-tuning needs a frozen reference copy (frozen_copy)")
         return peft_model.disable_adapter()
