@@ -39,7 +39,7 @@ def test_extends_equals_layering_by_hand():
     cfg = load_config(CONFIG / "paper_math.yaml")
     assert cfg.model.id == "Qwen/Qwen2.5-7B" and cfg.train.method == "full" and cfg.train.lr == 5e-5
     assert cfg.train.global_batch_size == 256 and cfg.tokenize.max_length == 2048 and cfg.loss.kl_weight == 0.05
-    assert cfg.loss.normalize == "microbatch_tokens" and cfg.tokenize.template == "alpaca"
+    assert cfg.loss.normalize == "upstream" and cfg.tokenize.template == "alpaca"
     assert load_config(CONFIG / "paper_math_lora.yaml").train.lora.r == 32
 
 
@@ -121,7 +121,7 @@ def test_both_loss_normalisations_on_two_micro_batches():
     mask = labels[:, 1:] != -100
     sums, counts = (ce * mask).sum(1), mask.sum(1)
     micro = [compute_loss(logits[i : i + 1], labels[i : i + 1], "sft").loss for i in range(2)]
-    # microbatch_tokens (upstream): each micro-batch's own mean, then the Trainer's 1/grad_accum
+    # microbatch_mean: each micro-batch's own mean, then the Trainer's 1/grad_accum
     assert (sum(micro) / 2).item() == pytest.approx(((sums / counts).mean()).item(), rel=1e-6)
     # global_tokens (TRL/Unsloth): every token of the accumulated batch weighs the same
     total = int(counts.sum())

@@ -68,6 +68,29 @@ class ModelConfig(_Strict):
     revision: str = Field("main", description="Hub revision (branch, tag or commit).")
     local_path: str | None = Field(None, description="Folder with config.json, weights and tokenizer.")
     embedded: EmbeddedSpecModel = Field(default_factory=EmbeddedSpecModel, description="Embedded recipe.")
+    missing_pad_token: Literal["add", "eos"] = Field(
+        "add",
+        description="A tokenizer without a pad token (Llama-2): add: add '[PAD]' and resize the embeddings, the new "
+        "rows set to the mean of the others (upstream train_v2.py); eos: pad with the eos token (TRL's choice).",
+    )
+    special_tokens: dict[str, str] = Field(
+        default_factory=dict,
+        description="Special tokens to set on the tokenizer in the model stage, e.g. {bos_token: '</s>'} "
+        "(upstream train_v2.py sets bos, eos and unk to '</s>' for Llama-2).",
+    )
+
+    @field_validator("special_tokens")
+    @classmethod
+    def _special_token_names(cls, tokens: dict[str, str]) -> dict[str, str]:
+        known = ("bos_token", "eos_token", "unk_token", "pad_token")
+        for name, value in tokens.items():
+            if name not in known:
+                close = difflib.get_close_matches(name, known, n=1)
+                hint = f" (did you mean '{close[0]}'?)" if close else ""
+                raise ValueError(f"unknown special token '{name}'{hint}; known: {', '.join(known)}")
+            if not value:
+                raise ValueError(f"{name}: the token text is empty")
+        return tokens
 
     @model_validator(mode="after")
     def _source_fields(self) -> ModelConfig:
@@ -131,17 +154,35 @@ class TokenizeConfig(_Strict):
     num_proc: int = Field(1, ge=1, description="Tokenizer processes (datasets.map num_proc); not part of the key.")
 
 
+#: Other names accepted for a setting's value; each resolves to the canonical one (and so to the same key).
+KL_DIRECTION_ALIASES = {"forward": "ref_policy", "reverse": "policy_ref"}
+NORMALIZE_ALIASES = {"microbatch_tokens": "microbatch_mean"}  # its name before `upstream` existed
+
+
 class LossConfig(_Strict):
     kl_weight: float = Field(0.05, ge=0, description="Weight of the KL anchor in sft+kl and asft (paper: 0.05).")
-    kl_direction: Literal["ref_policy", "policy_ref"] = Field(
+    kl_direction: Literal["ref_policy", "policy_ref", "forward", "reverse"] = Field(
         "ref_policy",
-        description="ref_policy: KL(ref||policy), upstream code and published numbers; policy_ref: the paper's text.",
+        description="ref_policy (alias forward): KL(ref||policy), the paper's forward KL (eq. 6, Figure 2) and what "
+        "upstream computes; policy_ref (alias reverse): KL(policy||ref), the paper's reverse-KL ablation.",
     )
-    normalize: Literal["microbatch_tokens", "global_tokens"] = Field(
-        "microbatch_tokens",
-        description="microbatch_tokens: per micro-batch token mean (upstream train_v2.py); "
-        "global_tokens: divide by the response tokens of the whole accumulated batch (TRL/Unsloth).",
+    normalize: Literal["upstream", "microbatch_mean", "global_tokens", "microbatch_tokens"] = Field(
+        "microbatch_mean",
+        description="upstream: each micro-batch's token mean, summed over the accumulation steps (train_v2.py under "
+        "the HF Trainer: the exact upstream gradient, grad_accum times microbatch_mean's); microbatch_mean: the "
+        "same means averaged over the accumulation steps (microbatch_tokens is an old name of it); global_tokens: "
+        "divide by the response tokens of the whole accumulated batch, all devices (TRL/Unsloth).",
     )
+
+    @field_validator("kl_direction")
+    @classmethod
+    def _canonical_direction(cls, value: str) -> str:
+        return KL_DIRECTION_ALIASES.get(value, value)
+
+    @field_validator("normalize")
+    @classmethod
+    def _canonical_normalize(cls, value: str) -> str:
+        return NORMALIZE_ALIASES.get(value, value)
     implementation: Literal["chunked", "full"] = Field(
         "chunked", description="chunked: lean hidden-state loss; full: materialise logits (ZeRO-3). Not in the key."
     )
@@ -170,11 +211,21 @@ class TrainConfig(_Strict):
     per_device_batch_size: int = Field(32, ge=1, description="Micro-batch per device; accumulation fills the rest.")
     lr: float = Field(4e-3, gt=0, description="Peak learning rate.")
     lr_scheduler: Literal["cosine", "linear", "constant_with_warmup"] = Field("cosine", description="Schedule.")
-    warmup_steps: int = Field(20, ge=0, description="Linear warm-up steps.")
+    warmup_steps: int = Field(20, ge=0, description="Linear warm-up steps (0 when warmup_ratio is set).")
+    warmup_ratio: float | None = Field(
+        None, gt=0, lt=1, description="Warm-up as a fraction of the optimizer steps, rounded up (the paper: 0.1); "
+        "null: warmup_steps decides."
+    )
     weight_decay: float = Field(0.0, ge=0, description="AdamW weight decay.")
     adam_betas: tuple[float, float] = Field((0.9, 0.999), description="AdamW betas.")
     max_grad_norm: float = Field(1.0, gt=0, description="Gradient clip.")
-    precision: Literal["fp32", "bf16"] = Field("fp32", description="Training precision (bf16 needs a GPU).")
+    precision: Literal["fp32", "bf16", "bf16_pure"] = Field(
+        "fp32",
+        description="fp32; bf16: mixed precision (bf16 compute, trainable weights and AdamW states in fp32; a LoRA "
+        "base is loaded in bf16); bf16_pure: weights, gradients and AdamW states in bf16, as upstream's full "
+        "fine-tuning (under DeepSpeed, a config with bf16_master_weights_and_grads, e.g. "
+        "config/deepspeed/zero3_bf16_pure.json). bf16 needs a GPU.",
+    )
     deepspeed: str | None = Field(None, description="DeepSpeed config file (e.g. config/deepspeed/zero3.json).")
     gradient_checkpointing: bool = Field(False, description="Recompute activations to save memory.")
     num_processes: int | None = Field(
@@ -186,16 +237,26 @@ class TrainConfig(_Strict):
 
 
 class EvalConfig(_Strict):
-    protocol: Literal["custom", "paper", "fork_cot_greedy"] = Field(
-        "custom", description="paper | fork_cot_greedy: a named preset of template, n_samples, temperature, top_p "
-        "and max_new_tokens (asft.protocols), which then override those fields; custom: the fields below."
+    protocol: Literal["custom", "paper", "paper_medical", "fork_cot_greedy"] = Field(
+        "custom", description="paper | paper_medical | fork_cot_greedy: a named preset of scoring, template, "
+        "n_samples, temperature, top_p and max_new_tokens (asft.protocols), which then override those fields; "
+        "custom: the fields below."
+    )
+    scoring: Literal["generate", "choice_logprobs"] = Field(
+        "generate",
+        description="generate: sample completions and grade the extracted answer; choice_logprobs: multiple choice, "
+        "the option letter with the highest next-token log-probability after the prompt (upstream "
+        "eval/medeval/vllm_medical_test.py; hf: one forward pass, vllm: logprobs of one token).",
     )
     backend: Literal["hf", "vllm"] = Field("hf", description="hf: batched generate (CPU/GPU); vllm: GPU.")
     benchmarks: list[str] = Field(
         default_factory=lambda: ["embedded_mul", "embedded_add", "embedded_sub"],
         description="Registered benchmark names (asft.benchmarks).",
     )
-    template: Literal["plain", "alpaca", "chat", "cot"] = Field("plain", description="Prompt format.")
+    template: Literal["plain", "alpaca", "chat", "cot", "choice"] = Field(
+        "plain", description="Prompt format; choice: upstream's multiple-choice prompt "
+        "'Question: ...\\n\\nOptions:\\nA. ...\\n\\nAnswer:' (multiple-choice benchmarks)."
+    )
     n_samples: int = Field(1, ge=1, description="Completions per problem (avg@n).")
     temperature: float = Field(0.0, ge=0, description="0 means greedy.")
     top_p: float = Field(1.0, gt=0, le=1, description="Nucleus sampling.")
@@ -254,7 +315,9 @@ class Config(_Strict):
     seeds: list[int] = Field(default_factory=lambda: [0, 1], description="Fine-tuning seeds.")
     loss: LossConfig = Field(default_factory=LossConfig)
     train: TrainConfig = Field(default_factory=TrainConfig)
-    merge_dtype: Literal["fp32", "bf16"] = Field("fp32", description="dtype of merged weights.")
+    merge_dtype: Literal["fp32", "bf16", "fp16"] = Field(
+        "fp32", description="dtype of merged weights (the fork's quick run merged in fp16)."
+    )
     eval: EvalConfig = Field(default_factory=EvalConfig)
     evaluate_base: bool = Field(True, description="Also evaluate the untouched base model (a 'base' row).")
     table: TableConfig = Field(default_factory=TableConfig)
@@ -330,9 +393,47 @@ class Config(_Strict):
                         f"loss.hparams.{mode}.{name}: unknown hyper-parameter; "
                         f"'{mode}' takes {sorted(spec.defaults) or 'none'}"
                     )
+        if self.train.warmup_ratio is not None and self.train.warmup_steps:
+            raise ValueError(
+                f"train.warmup_ratio ({self.train.warmup_ratio}) and train.warmup_steps ({self.train.warmup_steps}) "
+                "are both set; set warmup_steps: 0 to use the ratio, or warmup_ratio: null"
+            )
+        _check_precision_fits_deepspeed(self.train)
         if self.train.global_batch_size % self.train.per_device_batch_size:
             raise ValueError("train.global_batch_size must be a multiple of train.per_device_batch_size")
         return self
+
+
+def _deepspeed_bf16_master(path: str) -> bool | None:
+    """Whether a DeepSpeed config keeps bf16 master weights and AdamW states; None if it cannot be read."""
+    import json
+
+    file = Path(path) if Path(path).is_absolute() or not (ROOT / path).exists() else ROOT / path
+    try:
+        bf16 = json.loads(file.read_text()).get("bf16") or {}
+    except (OSError, ValueError, AttributeError):
+        return None  # a missing or broken file is reported where it is used, with its own message
+    return bool(bf16.get("bf16_master_weights_and_grads")) and bool(bf16.get("bf16_optimizer_states"))
+
+
+def _check_precision_fits_deepspeed(train: TrainConfig) -> None:
+    """bf16_pure steps bf16 weights; ZeRO keeps fp32 master weights unless its config says otherwise."""
+    if not train.deepspeed or train.method != "full":
+        return
+    master_bf16 = _deepspeed_bf16_master(train.deepspeed)
+    if master_bf16 is None:
+        return
+    if train.precision == "bf16_pure" and not master_bf16:
+        raise ValueError(
+            f"train.precision is bf16_pure but train.deepspeed ({train.deepspeed}) keeps fp32 master weights: set "
+            "bf16.bf16_master_weights_and_grads and bf16.bf16_optimizer_states in it, or use "
+            "config/deepspeed/zero3_bf16_pure.json"
+        )
+    if train.precision != "bf16_pure" and master_bf16:
+        raise ValueError(
+            f"train.deepspeed ({train.deepspeed}) keeps bf16 master weights, which is train.precision bf16_pure, "
+            f"not {train.precision}"
+        )
 
 
 def _format_error(error: ValidationError) -> str:

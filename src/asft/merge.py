@@ -7,7 +7,7 @@ from typing import Any
 
 import torch
 
-DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
+DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 
 
 def merge_adapter(adapter_dir: Path, base_dir: Path, out_dir: Path, *, dtype: str = "fp32") -> dict[str, Any]:

@@ -33,10 +33,21 @@ def _node(stage: str, settings: dict[str, Any], parents: dict[str, Node], labels
 def model_settings(cfg: Config) -> dict[str, Any]:
     model = cfg.model
     if model.source == "embedded":
-        return {"source": "embedded", "embedded": model.embedded.model_dump(mode="json")}
-    if model.source == "hub":
-        return {"source": "hub", "id": model.id, "revision": model.revision, "local_path": model.local_path}
-    return {"source": "local", "path": model.local_path}
+        settings: dict[str, Any] = {"source": "embedded", "embedded": model.embedded.model_dump(mode="json")}
+    elif model.source == "hub":
+        settings = {"source": "hub", "id": model.id, "revision": model.revision, "local_path": model.local_path}
+    else:
+        settings = {"source": "local", "path": model.local_path}
+    # Tokenizer fixes enter the key only when they differ from the default, so keys made before them hold.
+    if model.missing_pad_token != "add":
+        settings["missing_pad_token"] = model.missing_pad_token
+    if model.special_tokens:
+        settings["special_tokens"] = dict(sorted(model.special_tokens.items()))
+    return settings
+
+
+#: The value a setting had in the keys before it was renamed: users' cached runs keep their keys.
+_NORMALIZE_KEY_NAMES = {"microbatch_mean": "microbatch_tokens"}
 
 
 def data_settings(cfg: Config, train_set: TrainSetConfig) -> dict[str, Any]:
@@ -71,7 +82,7 @@ def train_settings(cfg: Config, mode_name: str, seed: int) -> dict[str, Any]:
         # leaves sft and dft untouched.
         "kl_weight": cfg.loss.kl_weight if mode.uses_kl else 0.0,
         "kl_direction": cfg.loss.kl_direction if mode.uses_kl else None,
-        "normalize": cfg.loss.normalize,
+        "normalize": _NORMALIZE_KEY_NAMES.get(cfg.loss.normalize, cfg.loss.normalize),
         "seed": seed,
         "method": train.method,
         "lora": train.lora.model_dump(mode="json") if train.method == "lora" else None,
@@ -82,10 +93,13 @@ def train_settings(cfg: Config, mode_name: str, seed: int) -> dict[str, Any]:
         "lr": train.lr,
         "lr_scheduler": train.lr_scheduler,
         "warmup_steps": train.warmup_steps,
+        **({"warmup_ratio": train.warmup_ratio} if train.warmup_ratio is not None else {}),
         "weight_decay": train.weight_decay,
         "adam_betas": list(train.adam_betas),
         "max_grad_norm": train.max_grad_norm,
-        "precision": train.precision,
+        # Full fine-tuning in "bf16" stepped bf16 weights before bf16_pure existed; now it keeps fp32
+        # master weights, so its key says so and never reuses a run made the old way.
+        "precision": "bf16_mixed" if (train.method, train.precision) == ("full", "bf16") else train.precision,
     }
     return settings
 

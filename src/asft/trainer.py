@@ -24,9 +24,11 @@ from torch import Tensor, nn
 from transformers import Trainer, TrainerCallback
 
 from asft.chunked_loss import chunked_loss
+from asft.config import NORMALIZE_ALIASES
 from asft.losses import LossOutput, compute_loss, get_mode
 
 METRICS_FILE = "metrics.jsonl"
+NORMALIZATIONS = ("upstream", "microbatch_mean", "global_tokens")
 
 
 class NonFiniteLossError(RuntimeError):
@@ -41,7 +43,7 @@ class LossSpec:
     kl_weight: float = 0.0
     kl_direction: str = "ref_policy"
     hparams: Mapping[str, float] = field(default_factory=dict)
-    normalize: str = "microbatch_tokens"  # or global_tokens
+    normalize: str = "microbatch_mean"  # or upstream, global_tokens (asft.config.LossConfig.normalize)
     implementation: str = "chunked"  # or full
     chunk_size: int = 256
 
@@ -121,13 +123,16 @@ class AnchoredTrainer(Trainer):
         self.reference = reference
         if loss_spec.needs_reference and reference is None:
             raise ValueError(f"mode '{loss_spec.mode}' needs a reference model")
-        # global_tokens: the loss is already divided by the whole accumulated batch's token
-        # count, so the Trainer must neither count it away nor divide by grad_accum again.
+        if loss_spec.normalize not in NORMALIZATIONS:
+            raise ValueError(f"unknown loss normalisation {loss_spec.normalize!r}; known: {', '.join(NORMALIZATIONS)}")
+        # Whether the Trainer divides each micro-batch's loss by the accumulation steps:
+        # - microbatch_mean: yes, so the step's gradient is the mean of the micro-batch means;
+        # - upstream: no. train_v2.py returns micro-batch means and the HF Trainer, seeing a model that
+        #   accepts loss kwargs (Qwen2, Llama), assumes they are already scaled: the gradient is their SUM;
+        # - global_tokens: no, the loss is already divided by the whole accumulated batch's token count.
+        self.loss_is_scaled_for_ga = loss_spec.normalize in ("upstream", "global_tokens")
         if loss_spec.normalize == "global_tokens":
-            self.model_accepts_loss_kwargs = True
-            self.loss_is_scaled_for_ga = True
-        else:
-            self.loss_is_scaled_for_ga = False
+            self.model_accepts_loss_kwargs = True  # so the Trainer counts num_items_in_batch for us
         self._term_sums: dict[str, float] = {}
         self._term_count = 0
 
@@ -181,8 +186,15 @@ class AnchoredTrainer(Trainer):
 
 
 
-def pad_collator(pad_id: int):
+def pad_collator(pad_id: int | None):
     """Right-pad input_ids with pad_id, labels with -100; attention mask marks real tokens."""
+    if pad_id is None:  # torch.full would fail later with "fill_value must be Number"
+        from asft.models import MissingPadTokenError
+
+        raise MissingPadTokenError(
+            "training: the tokenizer has no pad token, so batches cannot be padded; the model stage gives it one "
+            "(model.missing_pad_token: add | eos), so train from the folder the model stage made"
+        )
 
     def collate(features: list[Mapping[str, list[int]]]) -> dict[str, Tensor]:
         width = max(len(f["input_ids"]) for f in features)
@@ -247,6 +259,19 @@ def _world_size() -> int:
     return int(os.environ.get("WORLD_SIZE", "1"))
 
 
+def weights_dtype(precision: str, method: str) -> torch.dtype:
+    """The dtype the model is loaded in, which is the dtype AdamW steps for trained weights.
+
+    fp32: fp32. bf16 (mixed): bf16 autocast over fp32 trainable weights, so full fine-tuning loads fp32
+    (fp32 master weights and AdamW states) while LoRA loads the frozen base in bf16 (its adapters are
+    fp32). bf16_pure: bf16 weights, gradients and AdamW states, as upstream full fine-tuning."""
+    if precision == "fp32" or (precision in ("bf16", "bf16_mixed") and method == "full"):
+        return torch.float32
+    if precision in ("bf16", "bf16_mixed", "bf16_pure"):
+        return torch.bfloat16
+    raise ValueError(f"unknown train.precision {precision!r}; known: fp32, bf16, bf16_pure")
+
+
 def _load_model(model_dir: Path, dtype: torch.dtype):
     from transformers import AutoModelForCausalLM
 
@@ -275,14 +300,15 @@ def train_run(
     torch.set_num_threads(threads)
     seed = int(settings["seed"])
     set_seed(seed)
-    bf16 = settings["precision"] == "bf16"
-    dtype = torch.bfloat16 if bf16 else torch.float32
+    precision = settings["precision"]
+    bf16 = precision != "fp32"
+    dtype = weights_dtype(precision, settings["method"])
     stage3 = _deepspeed_stage(runtime.get("deepspeed")) == 3
     implementation = "full" if stage3 else runtime.get("implementation", "chunked")
     spec = LossSpec(
         mode=settings["mode"], kl_weight=float(settings["kl_weight"]),
         kl_direction=settings["kl_direction"] or "ref_policy", hparams=dict(settings["hparams"]),
-        normalize=settings["normalize"], implementation=implementation,
+        normalize=NORMALIZE_ALIASES.get(settings["normalize"], settings["normalize"]), implementation=implementation,
         chunk_size=int(runtime.get("chunk_size", 256)),
     )
 
@@ -300,7 +326,8 @@ def train_run(
         if spec.needs_reference:
             reference = Reference(model)
     elif spec.needs_reference:
-        frozen = _load_model(model_dir, dtype).eval().requires_grad_(False)
+        # The reference is never stepped: bf16 whenever training computes in bf16 (upstream loads it in bf16).
+        frozen = _load_model(model_dir, torch.bfloat16 if bf16 else torch.float32).eval().requires_grad_(False)
         reference = Reference(model, frozen_copy=frozen)
 
     dataset = load_from_disk(str(dataset_dir))
@@ -314,7 +341,8 @@ def train_run(
         gradient_accumulation_steps=accumulation,
         learning_rate=float(settings["lr"]),
         lr_scheduler_type=settings["lr_scheduler"],
-        warmup_steps=int(settings["warmup_steps"]),
+        # A float below 1 is a ratio of the optimizer steps, rounded up (HF 5; HF 4's warmup_ratio).
+        warmup_steps=float(settings["warmup_ratio"]) if settings.get("warmup_ratio") else int(settings["warmup_steps"]),
         weight_decay=float(settings["weight_decay"]),
         adam_beta1=float(settings["adam_betas"][0]),
         adam_beta2=float(settings["adam_betas"][1]),
