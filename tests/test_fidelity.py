@@ -292,3 +292,32 @@ def test_upstream_boundary_equals_joint_tokenisation_on_the_shipped_benchmarks()
         merged_across += exact["input_ids"][i] != joint
     # The test means something only if the tokenizer does merge across the boundary somewhere.
     assert merged_across > 0
+
+
+# --- docs/fidelity.md: every override it offers works ------------------------------------------
+
+def _fidelity_overrides() -> list[str]:
+    import re
+
+    text = (ROOT / "docs" / "fidelity.md").read_text()
+    return re.findall(r"--config '([^']+)'", text)
+
+
+@pytest.mark.parametrize("override", _fidelity_overrides())
+def test_every_override_in_the_fidelity_table_changes_a_preset(override):
+    from snakemake.cli import parse_config as snakemake_parse_config
+
+    overrides = snakemake_parse_config([override])  # exactly as `snakemake --config` reads it
+    changed = []
+    for preset in ("paper_math.yaml", "paper_math_lora.yaml", "paper_medical.yaml", "quick.yaml"):
+        try:
+            with_override = parse_config(layered_raw([CONFIG / preset], overrides))
+        except ConfigError:
+            continue  # e.g. a LoRA-only override on a full fine-tuning preset
+        if with_override != load_config(CONFIG / preset):
+            changed.append(preset)
+    assert changed, f"--config '{override}' changes no paper preset (or is invalid for all of them)"
+
+
+def test_the_fidelity_table_offers_overrides():
+    assert len(_fidelity_overrides()) >= 15

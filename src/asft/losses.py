@@ -63,8 +63,10 @@ IGNORE_INDEX = -100
 """Label value of positions that carry no loss (prompt and padding)."""
 
 KL_DIRECTIONS = ("ref_policy", "policy_ref")
-"""``ref_policy``: KL(ref || policy), upstream code and the published numbers (default).
-``policy_ref``: KL(policy || ref), as written in the paper's text."""
+"""``ref_policy``: KL(ref || policy), the paper's "forward KL" D_KL(pi_base || pi_theta) (its eq. 6 and
+Figure 2), what upstream computes and what produced the published numbers (default).
+``policy_ref``: KL(policy || ref), the paper's "reverse KL" ablation (Figure 2).
+The config also accepts ``forward`` and ``reverse`` (asft.config.KL_DIRECTION_ALIASES)."""
 
 
 # --------------------------------------------------------------------------------------------------
@@ -309,7 +311,8 @@ def compute_loss(
         mode: a registered mode name (see :func:`available_modes`) or a :class:`LossMode`.
         kl_weight: weight of the KL term (modes with ``uses_kl`` only; 0 for any other mode).
         ref_logits: (B, T, V) reference-model logits, required when the mode ``needs_reference``.
-        kl_direction: ``"ref_policy"`` = KL(ref || policy) (upstream code) or ``"policy_ref"``.
+        kl_direction: ``"ref_policy"`` = KL(ref || policy), the paper's forward KL and upstream's code, or
+            ``"policy_ref"`` = KL(policy || ref), the paper's reverse-KL ablation.
         num_items: D of the normalisation; defaults to this call's number of response tokens.
         **mode_hparams: the mode's hyper-parameters (e.g. ``keep`` for ``sft-topk``).
 
