@@ -101,3 +101,22 @@ def test_two_configs_sharing_a_prefix_share_artifacts():
     two = build_plan(parse_config(raw))
     shared = set(one.nodes["train"]) & set(two.nodes["train"])
     assert {one.nodes["train"][k].labels["mode"] for k in shared} == {"sft", "asft"}
+
+
+def test_the_embedded_default_keeps_its_keys():
+    """Users' caches stay valid: a change that moves a key of the default run must say so by bumping
+    the stage version (and then update these pins on purpose)."""
+    import hashlib
+    import json
+
+    from asft.config import load_config
+    from asft.plan import build_plan
+
+    plan = build_plan(load_config())
+    keys = {stage: sorted(nodes) for stage, nodes in plan.nodes.items()}
+    assert (keys["model"], keys["data"], keys["tokenize"]) == (["8a5222206f26ea92"], ["59b9e97b1c821b08"],
+                                                              ["8c4da1f2d8a32a0c"])
+    assert {stage: len(k) for stage, k in keys.items()} == {"model": 1, "data": 1, "tokenize": 1, "train": 8,
+                                                           "merge": 8, "eval": 27}
+    digest = hashlib.sha256(json.dumps(keys, sort_keys=True).encode()).hexdigest()
+    assert digest == "2b259031f51c15af5f44ab23709442aa861d9259e4af2a7bb9d879aea9d9000a"
