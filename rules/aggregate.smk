@@ -23,6 +23,8 @@ rule aggregate:
         "logs/aggregate.log",
     benchmark:
         "benchmarks/aggregate.tsv"
+    conda:
+        "../envs/light.yaml"
     params:
         rows=PLAN.eval_rows(),
         benchmarks=CFG.eval.benchmarks,
@@ -33,8 +35,6 @@ rule aggregate:
         config=CFG.model_dump(mode="json"),
         labels={"target": CFG.table.target_label, "retention": CFG.table.retention_label},
         published=CFG.table.published,
-    conda:
-        "../envs/light.yaml"
     script:
         "../workflow/scripts/aggregate.py"
 

@@ -5,13 +5,13 @@ rule download_model:
         "logs/model/{key}.log",
     benchmark:
         "benchmarks/model/{key}.tsv"
+    conda:
+        "../envs/train.yaml"
     threads: RES.download.threads
     resources:
         mem_mb=RES.download.mem_mb,
         runtime=RES.download.runtime,
         gpu=RES.download.gpus,
-    conda:
-        "../envs/train.yaml"
     script:
         "../workflow/scripts/download_model.py"
 
@@ -23,10 +23,10 @@ rule download_data:
         "logs/data/{key}.log",
     benchmark:
         "benchmarks/data/{key}.tsv"
+    conda:
+        "../envs/train.yaml"
     resources:
         mem_mb=RES.download.mem_mb,
         runtime=RES.download.runtime,
-    conda:
-        "../envs/train.yaml"
     script:
         "../workflow/scripts/download_data.py"

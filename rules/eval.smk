@@ -7,12 +7,12 @@ rule eval:
         "logs/eval/{key}.log",
     benchmark:
         "benchmarks/eval/{key}.tsv"
+    conda:
+        "../envs/eval.yaml"
     threads: RES.eval.threads
     resources:
         mem_mb=RES.eval.mem_mb,
         runtime=RES.eval.runtime,
         gpu=RES.eval.gpus,
-    conda:
-        "../envs/eval.yaml"
     script:
         "../workflow/scripts/eval.py"

@@ -7,11 +7,11 @@ rule merge:
         "logs/merge/{key}.log",
     benchmark:
         "benchmarks/merge/{key}.tsv"
+    conda:
+        "../envs/train.yaml"
     threads: RES.merge.threads
     resources:
         mem_mb=RES.merge.mem_mb,
         runtime=RES.merge.runtime,
-    conda:
-        "../envs/train.yaml"
     script:
         "../workflow/scripts/merge.py"

@@ -7,11 +7,11 @@ rule tokenize:
         "logs/tokenize/{key}.log",
     benchmark:
         "benchmarks/tokenize/{key}.tsv"
+    conda:
+        "../envs/train.yaml"
     threads: RES.tokenize.threads
     resources:
         mem_mb=RES.tokenize.mem_mb,
         runtime=RES.tokenize.runtime,
-    conda:
-        "../envs/train.yaml"
     script:
         "../workflow/scripts/tokenize.py"

@@ -13,12 +13,12 @@ rule train:
         "logs/train/{key}.log",
     benchmark:
         "benchmarks/train/{key}.tsv"
+    conda:
+        "../envs/train.yaml"
     threads: RES.train.threads
     resources:
         mem_mb=RES.train.mem_mb,
         runtime=RES.train.runtime,
         gpu=RES.train.gpus,
-    conda:
-        "../envs/train.yaml"
     script:
         "../workflow/scripts/train.py"
