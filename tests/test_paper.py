@@ -215,7 +215,7 @@ def test_paper_medical_preset_and_choice_benchmarks_from_local_copies(tmp_path):
     raw["eval"]["benchmark_files"] = {"medqa": str(medqa), "medmcqa": str(medmcqa), "mmlu_medical": str(mmlu)}
     plan = build_plan(parse_config(raw))
     assert {stage: len(nodes) for stage, nodes in plan.nodes.items()} == {
-        "model": 1, "data": 1, "tokenize": 1, "train": 3, "eval": 12}
+        "model": 1, "data": 1, "tokenize": 1, "train": 4, "eval": 15}  # sft, dft, asft, sft+kl (Table 1's rows)
     contexts = {n.settings["benchmark"]["name"]: n.settings["context"] for n in plan.nodes["eval"].values()}
     problems = {name: load_problems(name, ctx) for name, ctx in contexts.items()}
     assert problems["medqa"][0].question.endswith("A. Liver\nB. Pancreas\nC. Kidney\nD. Spleen")

@@ -375,7 +375,7 @@ class Config(_Strict):
                 if bench not in self.eval.benchmarks:
                     raise ValueError(f"table.{field}: '{bench}' is not in eval.benchmarks")
         if self.table.published:
-            from asft.table import PUBLISHED_FILE
+            from asft.table import PUBLISHED_FILE, load_published
 
             known = yaml.safe_load(PUBLISHED_FILE.read_text()) or {}
             if self.table.published not in known:
@@ -383,6 +383,7 @@ class Config(_Strict):
                     f"table.published: no table '{self.table.published}' in config/published.yaml; "
                     f"known: {', '.join(sorted(known))}"
                 )
+            load_published(self.table.published)  # a broken published table stops here, not after the run
         for mode, hparams in self.loss.hparams.items():
             if mode not in self.modes:
                 continue
@@ -402,6 +403,35 @@ class Config(_Strict):
         if self.train.global_batch_size % self.train.per_device_batch_size:
             raise ValueError("train.global_batch_size must be a multiple of train.per_device_batch_size")
         return self
+
+    @model_validator(mode="after")
+    def _multiple_choice_scoring(self) -> Config:
+        _check_multiple_choice(self.eval)
+        return self
+
+
+def _check_multiple_choice(ev: EvalConfig) -> None:
+    """template `choice` and scoring `choice_logprobs` need benchmarks with options: say so before any job runs."""
+    from asft.benchmarks import available_benchmarks, get_benchmark
+    from asft.protocols import get_protocol
+
+    protocol = get_protocol(ev.protocol)
+    template, scoring = (protocol.template, protocol.scoring) if protocol else (ev.template, ev.scoring)
+    if template == "choice" or scoring == "choice_logprobs":
+        setting = f"template '{template}'" if template == "choice" else f"scoring '{scoring}'"
+        field = f"eval.protocol: '{protocol.name}' ({setting})" if protocol else f"eval.{setting.replace(' ', ': ')}"
+        for bench in ev.benchmarks:
+            if bench in available_benchmarks() and not get_benchmark(bench).multiple_choice:
+                choice = [b for b in available_benchmarks() if get_benchmark(b).multiple_choice]
+                raise ValueError(f"{field} needs multiple-choice benchmarks, but benchmark '{bench}' has no options; "
+                                 f"multiple-choice benchmarks: {', '.join(choice)}")
+    if scoring == "choice_logprobs" and not protocol:
+        if ev.n_samples != 1:
+            raise ValueError(f"eval.n_samples: scoring 'choice_logprobs' gives one answer per problem, got "
+                             f"{ev.n_samples}; set n_samples: 1")
+        if ev.temperature != 0:
+            raise ValueError(f"eval.temperature: scoring 'choice_logprobs' takes the top log-probabilities, it does "
+                             f"not sample; set temperature: 0 (got {ev.temperature})")
 
 
 def _deepspeed_bf16_master(path: str) -> bool | None:

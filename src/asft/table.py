@@ -4,12 +4,19 @@ Per run (train set, mode, seed): the accuracy on each benchmark, the mean over t
 benchmarks (the new task), the mean over the retention benchmarks (what the base knew), and the
 drift from the base on the target benchmarks. Per (train set, mode): mean and sample std over
 seeds of each of these, and the number of seeds.
+
+With a table of published numbers (config/published.yaml, `table.published`): the published value
+and ours minus published per benchmark, and for the average when the published one averages the
+same benchmarks as ours; where the source printed an average that is not the mean of its own cells,
+that mean is shown beside the printed value.
 """
 
 from __future__ import annotations
 
+import difflib
 import json
 import math
+import re
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -22,33 +29,172 @@ GROUP_COLUMNS = ("train_set", "mode")
 PUBLISHED_FILE = Path(__file__).resolve().parents[2] / "config" / "published.yaml"
 
 
+#: The published rows' key for the average the source printed (compared with our `target` column).
+AVERAGE_KEY = "target"
+#: A published row whose printed average is not the mean of its printed cells says so with this flag.
+DIFFERS_FLAG = "avg_printed_differs"
+#: Numbers are printed to two decimals: a printed average within half a unit of the last digit of the
+#: mean of its cells is that mean (the epsilon absorbs binary floating point).
+ROUNDING_TOLERANCE = 0.005 + 1e-9
+
+
 def load_published(name: str | None, path: Path = PUBLISHED_FILE) -> dict[str, Any] | None:
-    """A named table of published numbers (config/published.yaml), or None."""
+    """A named table of published numbers (config/published.yaml), checked, or None."""
     if not name:
         return None
-    import yaml
-
-    tables = yaml.safe_load(Path(path).read_text())
+    tables = read_published_file(path)
     if name not in tables:
         raise ValueError(f"table.published: no table '{name}' in {path}; known: {', '.join(sorted(tables))}")
+    check_published_table(name, tables[name], path)
     return tables[name]
 
 
-def add_published(table: pd.DataFrame, published: Mapping[str, Any] | None) -> pd.DataFrame:
-    """Columns `<metric>_published` and `<metric>_delta` (ours minus published) where a number exists."""
+def read_published_file(path: Path = PUBLISHED_FILE) -> dict[str, Any]:
+    """Every table of a published-numbers file, by name (unchecked: see check_published_table)."""
+    import yaml
+
+    tables = yaml.safe_load(Path(path).read_text())
+    if not isinstance(tables, dict):
+        raise ValueError(f"{path}: expected a mapping of table names to tables, got {type(tables).__name__}")
+    return tables
+
+
+def published_cell_mean(row: Mapping[str, Any], benchmarks: Sequence[str]) -> float:
+    """The mean of a published row's cells on `benchmarks`; NaN unless every one is there."""
+    cells = [row.get(b) for b in benchmarks]
+    if not benchmarks or any(c is None for c in cells):
+        return math.nan
+    return sum(float(c) for c in cells) / len(cells)
+
+
+def printed_average_differs(row: Mapping[str, Any], benchmarks: Sequence[str]) -> bool:
+    """Whether the row's printed average is not the mean of its cells (beyond two-decimal rounding)."""
+    mean = published_cell_mean(row, benchmarks)
+    if AVERAGE_KEY not in row or math.isnan(mean):
+        return False
+    return abs(float(row[AVERAGE_KEY]) - mean) > ROUNDING_TOLERANCE
+
+
+def check_published_table(name: str, table: Any, path: Path = PUBLISHED_FILE) -> None:
+    """Raise ValueError, naming the file and field, for anything the results table could misread.
+
+    Besides types and names, the printed averages are checked against their cells, so a mistyped cell
+    or average is caught on load, and a real discrepancy in the source must be declared with
+    `avg_printed_differs: true` (the printed value is then kept and shown beside the mean of the cells).
+    """
+    from asft.benchmarks import available_benchmarks
+
+    where = f"{path}: {name}"
+    if not isinstance(table, Mapping):
+        raise ValueError(f"{where}: expected a mapping with source, protocol and rows")
+    if not isinstance(table.get("source"), str) or not table["source"].strip():
+        raise ValueError(f"{where}.source: missing; every published number names where it was printed")
+    known = available_benchmarks()
+    average_of = table.get("average_of")
+    if average_of is not None:
+        if not isinstance(average_of, list) or not average_of or len(set(average_of)) != len(average_of):
+            raise ValueError(f"{where}.average_of: expected a list of distinct benchmark names, got {average_of!r}")
+        for bench in average_of:
+            _check_benchmark_name(bench, known, f"{where}.average_of")
+    rows = table.get("rows")
+    if not isinstance(rows, list) or not rows:
+        raise ValueError(f"{where}.rows: expected a non-empty list of rows")
+    seen: set[tuple[str, str]] = set()
+    for index, row in enumerate(rows):
+        at = f"{where}.rows[{index}]"
+        _check_published_row(row, at, known, average_of)
+        key = (str(row["train_set"]), str(row["mode"]))
+        if key in seen:
+            raise ValueError(f"{at}: a second row for train_set {key[0]!r}, mode {key[1]!r}")
+        seen.add(key)
+
+
+def _check_benchmark_name(name: Any, known: Sequence[str], where: str) -> None:
+    if name not in known:
+        close = difflib.get_close_matches(str(name), known, n=1)
+        hint = f" (did you mean '{close[0]}'?)" if close else ""
+        raise ValueError(f"{where}: unknown benchmark '{name}'{hint}; known: {', '.join(known)}")
+
+
+def _check_published_row(row: Any, at: str, known: Sequence[str], average_of: Sequence[str] | None) -> None:
+    if not isinstance(row, Mapping):
+        raise ValueError(f"{at}: expected a mapping with train_set, mode and numbers, got {row!r}")
+    for field in GROUP_COLUMNS:
+        if not isinstance(row.get(field), str) or not row[field]:
+            raise ValueError(f"{at}.{field}: missing (every row names its train_set, '-' for the base, and mode)")
+    for key, value in row.items():
+        if key in GROUP_COLUMNS:
+            continue
+        if key == DIFFERS_FLAG:
+            if not isinstance(value, bool):
+                raise ValueError(f"{at}.{key}: expected true or false, got {value!r}")
+            continue
+        if key != AVERAGE_KEY:
+            _check_benchmark_name(key, known, f"{at}.{key}")
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value <= 100:
+            raise ValueError(f"{at}.{key}: expected an accuracy in % (0 to 100), got {value!r}")
+    if AVERAGE_KEY in row and average_of is None:
+        raise ValueError(f"{at}.{AVERAGE_KEY}: an average needs the table's `average_of` "
+                         "(which benchmarks it averages)")
+    _check_printed_average(row, at, average_of)
+
+
+def _check_printed_average(row: Mapping[str, Any], at: str, average_of: Sequence[str] | None) -> None:
+    """The printed average is the mean of its cells, or the row declares that it is not."""
+    flagged = bool(row.get(DIFFERS_FLAG, False))
+    if average_of is None or AVERAGE_KEY not in row or math.isnan(published_cell_mean(row, average_of)):
+        if flagged:
+            raise ValueError(f"{at}.{DIFFERS_FLAG}: needs the printed `{AVERAGE_KEY}` and every cell of `average_of`")
+        return
+    mean = published_cell_mean(row, average_of)
+    differs = printed_average_differs(row, average_of)
+    if differs and not flagged:
+        raise ValueError(f"{at}.{AVERAGE_KEY}: {row[AVERAGE_KEY]} is not the mean of its cells ({mean:.3f}); "
+                         f"a typo in a cell or the average? If the source prints it so, add {DIFFERS_FLAG}: true")
+    if flagged and not differs:
+        raise ValueError(f"{at}.{DIFFERS_FLAG}: true, but {AVERAGE_KEY} {row[AVERAGE_KEY]} is the mean of its cells "
+                         f"({mean:.3f}); remove the flag")
+
+
+def averages_are_comparable(published: Mapping[str, Any], target: Sequence[str]) -> bool:
+    """Whether the published average is over the same benchmarks as our target mean (order aside)."""
+    average_of = published.get("average_of")
+    return bool(average_of) and set(average_of) == set(target)
+
+
+def add_published(table: pd.DataFrame, published: Mapping[str, Any] | None, *,
+                  target: Sequence[str]) -> pd.DataFrame:
+    """Published numbers beside ours, matched by (train set, mode).
+
+    Per benchmark: `<b>_published` and `<b>_delta` (ours minus published). For the average, only when the
+    published one is over the same benchmarks as ours (`target`), so the delta compares like with like:
+    `target_published` (as printed), `target_delta`, `target_published_recomputed` (the mean of the
+    published cells), `target_delta_recomputed` (ours minus that) and `target_published_differs` (the
+    printed average is not that mean: the source's own slip, flagged in published.yaml).
+    """
     if not published:
         return table
     table = table.copy()
     by_row = {(str(r["train_set"]), str(r["mode"])): r for r in published["rows"]}
-    metrics = sorted({k for r in published["rows"] for k in r if k not in GROUP_COLUMNS})
-    for metric in metrics:
-        if f"{metric}_mean" not in table:
-            continue
-        values = [by_row.get((str(t), str(m)), {}).get(metric, math.nan)
-                  for t, m in zip(table["train_set"], table["mode"])]
-        table[f"{metric}_published"] = values
-        table[f"{metric}_delta"] = table[f"{metric}_mean"] - table[f"{metric}_published"]
+    matched = [by_row.get((str(t), str(m)), {}) for t, m in zip(table["train_set"], table["mode"])]
+    for bench in _published_benchmarks(table, published):
+        table[f"{bench}_published"] = [float(r.get(bench, math.nan)) for r in matched]
+        table[f"{bench}_delta"] = table[f"{bench}_mean"] - table[f"{bench}_published"]
+    if averages_are_comparable(published, target) and "target_mean" in table:
+        average_of = published["average_of"]
+        table["target_published"] = [float(r.get(AVERAGE_KEY, math.nan)) for r in matched]
+        table["target_delta"] = table["target_mean"] - table["target_published"]
+        table["target_published_recomputed"] = [published_cell_mean(r, average_of) for r in matched]
+        table["target_delta_recomputed"] = table["target_mean"] - table["target_published_recomputed"]
+        table["target_published_differs"] = [bool(r.get(DIFFERS_FLAG, False)) for r in matched]
     return table
+
+
+def _published_benchmarks(table: pd.DataFrame, published: Mapping[str, Any]) -> list[str]:
+    """The benchmarks with both our mean and a published number, in the table's column order."""
+    in_published = {k for r in published["rows"] for k in r} - {*GROUP_COLUMNS, AVERAGE_KEY, DIFFERS_FLAG}
+    ours = [c.removesuffix("_mean") for c in table.columns if c.endswith("_mean")]
+    return [b for b in ours if b in in_published]
 
 
 def _mean(values: Sequence[float]) -> float:
@@ -91,8 +237,16 @@ def summary_table(runs: pd.DataFrame, benchmarks: Sequence[str], mode_order: Seq
         records.append(record)
     table = pd.DataFrame(records)
     order = {mode: i for i, mode in enumerate(["base", *mode_order])}
-    table["_order"] = table["mode"].map(order)
-    return table.sort_values(["_order", "train_set"], kind="stable").drop(columns="_order").reset_index(drop=True)
+    # As the paper's Table 1: the base first, then per train set (10k, 30k, 100k: by size, not as text),
+    # the modes in the configured order.
+    sort_key = [(mode != "base", _natural_key(str(train_set)), order.get(mode, len(order)))
+                for train_set, mode in zip(table["train_set"], table["mode"])]
+    return table.iloc[sorted(range(len(table)), key=sort_key.__getitem__)].reset_index(drop=True)
+
+
+def _natural_key(text: str) -> tuple:
+    """Sort key that compares runs of digits as numbers: numina_cot_30k before numina_cot_100k."""
+    return tuple(int(part) if part.isdigit() else part for part in re.split(r"(\d+)", text))
 
 
 def _cell(mean: float, std: float, digits: int) -> str:
@@ -104,7 +258,8 @@ def _cell(mean: float, std: float, digits: int) -> str:
 
 
 def markdown_table(table: pd.DataFrame, benchmarks: Sequence[str], *, title: str,
-                   labels: Mapping[str, str] | None = None, published: Mapping[str, Any] | None = None) -> str:
+                   labels: Mapping[str, str] | None = None, published: Mapping[str, Any] | None = None,
+                   target: Sequence[str] = ()) -> str:
     labels = {"target": "target", "retention": "retention", **(labels or {})}
     names = [get_benchmark(b).display for b in benchmarks]
     header = ["train set", "mode", "seeds", *names, labels["target"], labels["retention"], "drift (KL)"]
@@ -116,23 +271,67 @@ def markdown_table(table: pd.DataFrame, benchmarks: Sequence[str], *, title: str
         cells += [_cell(row[f"{m}_mean"], row[f"{m}_std"], 1) for m in [*benchmarks, "target", "retention"]]
         cells.append(_cell(row["drift_mean"], row["drift_std"], 4))
         lines.append("| " + " | ".join(cells) + " |")
-    compared = [c.removesuffix("_published") for c in table.columns if c.endswith("_published")]
-    if published and compared:
-        display = {**{b: get_benchmark(b).display for b in benchmarks}, **labels}
-        lines += ["", "## Published numbers beside ours", "", f"Source: {published['source']} "
-                  f"(protocol: {published.get('protocol', 'unknown')}).", "",
-                  "| train set | mode | " + " | ".join(f"{display.get(m, m)}: ours / published / Δ" for m in compared)
-                  + " |", "|" + "---|" * (2 + len(compared))]
-        for _, row in table.iterrows():
-            if all(math.isnan(row[f"{m}_published"]) for m in compared):
-                continue
-            cells = [str(row["train_set"]), str(row["mode"])]
-            for metric in compared:
-                ours, theirs = row[f"{metric}_mean"], row[f"{metric}_published"]
-                cells.append("—" if math.isnan(theirs) else
-                             f"{ours:.2f} / {theirs:.2f} / {row[f'{metric}_delta']:+.2f}")
-            lines.append("| " + " | ".join(cells) + " |")
+    if published:
+        lines += published_section(table, published, target_label=labels["target"], target=target)
     return "\n".join(lines) + "\n"
+
+
+#: Marks a published average that the source printed differently from the mean of its cells.
+DIFFERS_MARK = "†"
+
+
+def published_section(table: pd.DataFrame, published: Mapping[str, Any], *, target_label: str,
+                      target: Sequence[str]) -> list[str]:
+    """Markdown lines: ours / published / Δ per benchmark and for the average, with footnotes.
+
+    A printed average that is not the mean of its printed cells is shown as printed, marked †, and a
+    footnote gives the mean of the cells and ours minus that mean, so neither number is hidden.
+    """
+    compared = [c.removesuffix("_published") for c in table.columns if c.endswith("_published")]
+    if not compared:
+        return []
+    display = {**{m: get_benchmark(m).display for m in compared if m != "target"}, "target": target_label}
+    lines = ["", "## Published numbers beside ours", "", f"Source: {published['source']} "
+             f"(protocol: {published.get('protocol', 'unknown')}).", ""]
+    average_of = published.get("average_of")
+    if "target_published" in table:
+        lines += [f"{target_label}: ours is the mean of our {_display_list(target)}; published is the average the "
+                  "source printed over the same benchmarks. Δ = ours − published.", ""]
+    elif average_of:
+        lines += [f"The published average (of {_display_list(average_of)}) is not compared: this table's "
+                  f"{target_label} is the mean of {_display_list(target) or 'other benchmarks'}.", ""]
+    lines += ["| train set | mode | " + " | ".join(f"{display[m]}: ours / published / Δ" for m in compared) + " |",
+              "|" + "---|" * (2 + len(compared))]
+    footnotes = []
+    for _, row in table.iterrows():
+        if all(math.isnan(row[f"{m}_published"]) for m in compared):
+            continue
+        cells = [str(row["train_set"]), str(row["mode"])]
+        for metric in compared:
+            theirs = row[f"{metric}_published"]
+            marked = metric == "target" and bool(row.get("target_published_differs", False))
+            cells.append("—" if math.isnan(theirs) else f"{_number(row[f'{metric}_mean'])} / {theirs:.2f}"
+                         f"{DIFFERS_MARK if marked else ''} / {_number(row[f'{metric}_delta'], signed=True)}")
+            if marked:
+                footnotes.append(f"- {row['train_set']} {row['mode']}: printed {theirs:.2f}, mean of the "
+                                 f"{len(average_of)} published cells {row['target_published_recomputed']:.2f}; "
+                                 f"ours − that mean: {_number(row['target_delta_recomputed'], signed=True)}")
+        lines.append("| " + " | ".join(cells) + " |")
+    if footnotes:
+        lines += ["", f"{DIFFERS_MARK} The source's printed {target_label} is not the mean of its own printed cells "
+                  "(its slip, kept as printed; Δ is against the printed value). The mean of the cells, and ours "
+                  "against it:", "", *footnotes]
+    return lines
+
+
+def _display_list(benchmarks: Sequence[str]) -> str:
+    return ", ".join(get_benchmark(b).display for b in benchmarks)
+
+
+def _number(value: float, *, signed: bool = False) -> str:
+    if value is None or math.isnan(value):
+        return "—"
+    return f"{value:+.2f}" if signed else f"{value:.2f}"
 
 
 def latex_table(table: pd.DataFrame, benchmarks: Sequence[str]) -> str:
@@ -180,12 +379,12 @@ def aggregate(eval_rows: Sequence[Mapping[str, Any]], eval_dirs: Mapping[str, Pa
     """Write table.csv, table.md, table.tex, runs.csv and table.png into out_dir."""
     scores = {key: json.loads((Path(folder) / "scores.json").read_text()) for key, folder in eval_dirs.items()}
     runs = run_rows(eval_rows, scores, target=target, retention=retention)
-    table = add_published(summary_table(runs, benchmarks, mode_order), published)
+    table = add_published(summary_table(runs, benchmarks, mode_order), published, target=target)
     out_dir.mkdir(parents=True, exist_ok=True)
     _write_atomic(out_dir / "runs.csv", runs.to_csv(index=False, float_format="%.4f"))
     _write_atomic(out_dir / "table.csv", table.to_csv(index=False, float_format="%.4f"))
     _write_atomic(out_dir / "table.md", markdown_table(table, benchmarks, title=title, labels=labels,
-                                                       published=published))
+                                                       published=published, target=target))
     _write_atomic(out_dir / "table.tex", latex_table(table, benchmarks))
     chart = out_dir / "table.png.tmp"
     bar_chart(table, chart)
