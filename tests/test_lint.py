@@ -19,7 +19,7 @@ def test_snakefmt_leaves_the_workflow_unchanged():
 
 def test_snakemake_lint_is_clean(tmp_path):
     result = subprocess.run([sys.executable, "-m", "snakemake", "--lint", "--directory", str(tmp_path), "-s",
-                             str(ROOT / "Snakefile")], cwd=ROOT, capture_output=True, text=True, timeout=300,
+                             str(ROOT / "Snakefile")], cwd=tmp_path, capture_output=True, text=True, timeout=300,
                             env={"HF_HUB_OFFLINE": "1", "PATH": f"{Path(sys.executable).parent}:/usr/bin:/bin"})
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     assert "Congratulations, your workflow is in a good condition" in result.stdout + result.stderr
