@@ -31,7 +31,7 @@ def test_embedded_default_is_valid():
         ({"seeds": []}, "seeds"),
         ({"loss": {"kl_weight": -0.1}}, "loss.kl_weight"),
         ({"loss": {"kl_weight": float("inf")}}, "loss.kl_weight"),
-        ({"loss": {"kl_direction": "forward"}}, "loss.kl_direction"),
+        ({"loss": {"kl_direction": "backward"}}, "loss.kl_direction"),
         ({"train": {"lr": 0}}, "train.lr"),
         ({"train": {"lerning_rate": 1e-4}}, "train.lerning_rate"),
         ({"eval": {"benchmarks": ["math500"]}}, "eval.benchmarks"),

@@ -501,10 +501,12 @@ def test_presets_override_everything_embedded(name):
     cfg = load_config(ROOT / "config" / f"{name}.yaml")
     assert cfg.model.source == "hub" and cfg.model.id.startswith("Qwen/Qwen2.5-")
     assert all(s.source == "hub" and s.repo == "chichi56/ASFT" for s in cfg.train_sets)
-    assert cfg.tokenize.template == "alpaca" and cfg.tokenize.max_length == 2048
+    # The fork's train_v2.py default length and merge_lora.py's float16 (quick, full); the paper: 2048, bf16.
+    fork = name in ("quick", "full")
+    assert cfg.tokenize.template == "alpaca" and cfg.tokenize.max_length == (512 if fork else 2048)
     assert not any(b.startswith("embedded_") for b in cfg.eval.benchmarks)
     assert cfg.eval.backend == "vllm" and cfg.eval.template == "alpaca"
-    assert cfg.train.precision == "bf16" and cfg.merge_dtype == "bf16"
+    assert cfg.train.precision == "bf16" and cfg.merge_dtype == ("fp16" if fork else "bf16")
     assert cfg.train.lora.target_modules == ["q_proj", "v_proj"] and cfg.train.lora.dropout == 0.05
     assert cfg.resources.train.gpus >= 1 and cfg.resources.eval.gpus >= 1
     plan = build_plan(cfg)

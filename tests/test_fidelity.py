@@ -321,3 +321,34 @@ def test_every_override_in_the_fidelity_table_changes_a_preset(override):
 
 def test_the_fidelity_table_offers_overrides():
     assert len(_fidelity_overrides()) >= 15
+
+
+# --- Llama-2: no pad token, and upstream's special tokens -------------------------------------------
+
+def test_llama_special_tokens_and_pad_as_upstream(tmp_path):
+    """train_v2.py on Llama-2: '[PAD]' added (mean-initialised rows) and bos/eos/unk set to '</s>', so
+    every sequence starts with '</s>' (its slow tokenizer builds inputs from the new bos id)."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers
+    from transformers import AutoModelForCausalLM, AutoTokenizer, LlamaConfig, LlamaForCausalLM, LlamaTokenizerFast
+
+    from asft.models import fix_tokenizer
+
+    vocab = {"<unk>": 0, "<s>": 1, "</s>": 2, "a": 3, "b": 4, "▁": 5, "▁a": 6}
+    backend = Tokenizer(models.BPE(vocab=vocab, merges=[("▁", "a")], unk_token="<unk>"))
+    backend.pre_tokenizer, backend.decoder = pre_tokenizers.Metaspace(), decoders.Metaspace()
+    tokenizer = LlamaTokenizerFast(tokenizer_object=backend, bos_token="<s>", eos_token="</s>", unk_token="<unk>",
+                                   add_bos_token=True)
+    assert tokenizer.pad_token is None and tokenizer("a b")["input_ids"][0] == 1
+    torch.manual_seed(0)
+    LlamaForCausalLM(LlamaConfig(vocab_size=7, hidden_size=16, intermediate_size=32, num_hidden_layers=1,
+                                 num_attention_heads=2, num_key_value_heads=2)).save_pretrained(tmp_path)
+    tokenizer.save_pretrained(tmp_path)
+    before = AutoModelForCausalLM.from_pretrained(tmp_path).get_input_embeddings().weight.detach().clone()
+
+    done = fix_tokenizer(tmp_path, special_tokens={"bos_token": "</s>", "eos_token": "</s>", "unk_token": "</s>"},
+                         missing_pad_token="add")
+    fixed = AutoTokenizer.from_pretrained(tmp_path)
+    assert (fixed.bos_token, fixed.eos_token, fixed.unk_token, fixed.pad_token) == ("</s>", "</s>", "</s>", "[PAD]")
+    assert fixed("a b")["input_ids"][0] == 2 and fixed.pad_token_id == 7 and done["pad_token"]["id"] == 7
+    rows = AutoModelForCausalLM.from_pretrained(tmp_path).get_input_embeddings().weight.detach()
+    assert rows.shape[0] == 8 and torch.allclose(rows[7], before.mean(0), atol=1e-6)

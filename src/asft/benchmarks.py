@@ -11,9 +11,11 @@ from __future__ import annotations
 
 import difflib
 import json
+import random
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
+from string import ascii_uppercase
 from typing import Any
 
 from asft.artifacts import sha256_file
@@ -24,12 +26,33 @@ QUESTION_FIELDS = ("question", "problem", "Question", "input")  # upstream parse
 
 
 @dataclass(frozen=True)
+class Choices:
+    """A multiple-choice item as its file gives it: the stem, the options in file order, the gold letter.
+
+    The `choice` template lettering the options A, B, C, ... by position, as upstream does.
+    """
+
+    stem: str
+    options: tuple[str, ...]
+    gold: str
+
+    @property
+    def letters(self) -> tuple[str, ...]:
+        return tuple(ascii_uppercase[: len(self.options)])
+
+
+@dataclass(frozen=True)
 class Problem:
-    """One evaluation item: the question, its gold answer, and a reference solution if known."""
+    """One evaluation item: the question, its gold answer, and a reference solution if known.
+
+    Multiple-choice items also carry their structured `choices`; `question` is then the stem with
+    lettered options, what the free-text templates (alpaca, cot, ...) show the model.
+    """
 
     question: str
     gold: str
     solution: str | None = None
+    choices: Choices | None = None
 
 
 @dataclass(frozen=True)
@@ -51,6 +74,7 @@ class Benchmark:
     sha256: str | None = None
     path: Path | None = None
     hub: HubSource | None = None
+    multiple_choice: bool = False  # its problems carry `choices` (template choice, scoring choice_logprobs)
 
     def settings(self) -> dict[str, Any]:
         """What enters an eval key: identity and version, not the loader code."""
@@ -175,6 +199,44 @@ for _task in ("add", "sub", "mul"):
 
 
 LETTERS = "ABCDEFGH"
+#: Distances of the wrong options from the answer: the slips a model makes (a unit, a carry, a tens digit).
+DISTRACTOR_OFFSETS = (-20, -10, -2, -1, 1, 2, 10, 20)
+
+
+def arithmetic_choices(instruction: str, answer: str, rng: random.Random, n_options: int = 4) -> Choices:
+    """The stem, `n_options` numeric options (the answer and near misses, none negative) and the gold letter."""
+    value = int(answer)
+    wrong = sorted({value + d for d in DISTRACTOR_OFFSETS if value + d >= 0})
+    options = [str(v) for v in rng.sample(wrong, n_options - 1)]
+    gold_index = rng.randrange(n_options)
+    options.insert(gold_index, answer)
+    return Choices(stem=instruction, options=tuple(options), gold=LETTERS[gold_index])
+
+
+def _embedded_choice_benchmark(task: str) -> Benchmark:
+    """The embedded test split as four-option multiple choice: a CPU-sized analogue of the medical suite."""
+
+    def load(context: Mapping[str, Any]) -> list[Problem]:
+        from asft.embedded.tasks import split
+
+        seed = int(context.get("split_seed", 0))
+        _, test = split(task, seed)
+        problems = []
+        for ex in test:
+            # one generator per problem, seeded by split seed and prompt: a problem's options never
+            # depend on which other problems are evaluated (eval.limit)
+            rng = random.Random(f"asft-choice:{seed}:{ex.instruction}")
+            choices = arithmetic_choices(ex.instruction, ex.answer, rng)
+            problems.append(Problem(choice_question(choices.stem, list(choices.options)), choices.gold,
+                                    choices=choices))
+        return problems
+
+    return Benchmark(name=f"embedded_{task}_choice", display=f"{task} (choice)", version=1, load_rows=load,
+                     multiple_choice=True)
+
+
+for _task in ("add", "sub", "mul"):
+    register(_embedded_choice_benchmark(_task))
 
 
 def choice_question(question: str, options: list[str]) -> str:
@@ -202,30 +264,41 @@ def _hub_rows(source: HubSource, context: Mapping[str, Any]) -> list[dict[str, A
 
 
 def _choice_benchmark(name: str, display: str, source: HubSource,
-                      parse: Callable[[dict], tuple[str, list[str], str]]) -> Benchmark:
-    """A multiple-choice benchmark: graded by the letter of the chosen option."""
+                      parse: Callable[[dict], tuple[str, list[str], str]], version: int = 1,
+                      sorted_options: bool = False) -> Benchmark:
+    """A multiple-choice benchmark: graded by the letter of the chosen option.
+
+    `choices` keeps the options in file order (upstream's prompt letters them by position);
+    `question`, the free-text rendering, keeps the order it always had (`sorted_options` for MedQA's
+    dict), so the keys and results of the `generate` scoring do not change.
+    """
 
     def load(context: Mapping[str, Any]) -> list[Problem]:
         problems = []
+        where = context.get("local_file") or f"{source.repo} ({source.split})"
         for index, row in enumerate(_hub_rows(source, context)):
             try:
                 question, options, gold = parse(row)
-            except (KeyError, IndexError, TypeError, ValueError) as error:
-                raise ValueError(f"benchmark {name}: row {index} lacks a field ({error}); columns: {sorted(row)}") \
-                    from None
-            problems.append(Problem(choice_question(question, options), gold))
+                shown = [row["options"][k] for k in sorted(row["options"])] if sorted_options else options
+            except (KeyError, IndexError, TypeError, ValueError, AttributeError) as error:
+                raise ValueError(f"benchmark {name}: {where} line {index + 1} lacks a field ({error}); "
+                                 f"columns: {sorted(row)}") from None
+            choices = Choices(stem=question, options=tuple(options), gold=gold)
+            problems.append(Problem(choice_question(question, shown), gold, choices=choices))
         return problems
 
-    return Benchmark(name=name, display=display, version=1, load_rows=load, hub=source)
+    return Benchmark(name=name, display=display, version=version, load_rows=load, hub=source, multiple_choice=True)
 
 
 def _medqa(row: dict) -> tuple[str, list[str], str]:
     options = row["options"]
-    return row["question"], [options[k] for k in sorted(options)], str(row["answer_idx"]).strip()
+    return row["question"], [str(options[k]) for k in options], str(row["answer_idx"]).strip()
 
 
 def _medmcqa(row: dict) -> tuple[str, list[str], str]:
-    return row["question"], [row["opa"], row["opb"], row["opc"], row["opd"]], LETTERS[int(row["cop"])]
+    # upstream: chr(65 + cop), and an unlabelled row (cop == -1) counts as 'A'
+    cop = int(row["cop"])
+    return row["question"], [row["opa"], row["opb"], row["opc"], row["opd"]], "A" if cop == -1 else LETTERS[cop]
 
 
 def _mmlu(row: dict) -> tuple[str, list[str], str]:
@@ -235,11 +308,47 @@ def _mmlu(row: dict) -> tuple[str, list[str], str]:
 MMLU_MEDICAL = ("anatomy", "clinical_knowledge", "college_biology", "college_medicine", "medical_genetics",
                 "professional_medicine")
 for _bench in (
-    _choice_benchmark("medqa", "MedQA", HubSource("GBaker/MedQA-USMLE-4-options", "test"), _medqa),
-    _choice_benchmark("medmcqa", "MedMCQA", HubSource("openlifescienceai/medmcqa", "validation"), _medmcqa),
+    _choice_benchmark("medqa", "MedQA", HubSource("GBaker/MedQA-USMLE-4-options", "test"), _medqa,
+                      sorted_options=True),
+    # version 2: an unlabelled row (cop -1) has gold 'A' as upstream, no longer the impossible 'H'
+    _choice_benchmark("medmcqa", "MedMCQA", HubSource("openlifescienceai/medmcqa", "validation"), _medmcqa,
+                      version=2),
     _choice_benchmark("mmlu_medical", "MMLU-med", HubSource("cais/mmlu", "test", MMLU_MEDICAL), _mmlu),
 ):
     register(_bench)
+
+
+@dataclass(frozen=True)
+class KnownCopy:
+    """A benchmark file whose bytes are known: a local copy with this sha256 is that file."""
+
+    benchmark: str
+    source: str
+    size: int
+
+
+#: Upstream's own medical test files (Git LFS in zhuchichi56/ASFT, eval/medeval/test_data/). They are
+#: not shipped here; a copy named in eval.benchmark_files is recognised by its sha256 (scores.json).
+KNOWN_COPIES: dict[str, KnownCopy] = {
+    "c3b905ccfa66152dc25afbcb2c10e86c0bdb208824f0658fcdb2c040f60a2beb":
+        KnownCopy("medqa", "upstream test_data: zhuchichi56/ASFT eval/medeval/test_data/medqa_test.jsonl", 2075679),
+    "7dc563331259cb7fb7b3bb802c9c1a8ce4967aa6db92f1f508c3cb0da0de2ed9":
+        KnownCopy("mmlu_medical", "upstream test_data: zhuchichi56/ASFT eval/medeval/test_data/mmlu_medical_test.jsonl",
+                  1096167),
+    "67376143fbd289b2baa9f3ba661f7b2f1b89e1b1c46d2d2d5403c3e046f522b6":
+        KnownCopy("medmcqa", "upstream test_data: zhuchichi56/ASFT eval/medeval/test_data/medmcqa_test.jsonl",
+                  2680217),
+}
+
+
+def file_provenance(benchmark: str, sha256: str | None) -> str | None:
+    """What a local benchmark file is, when its bytes are a known file: e.g. 'upstream test_data: ...'."""
+    known = KNOWN_COPIES.get((sha256 or "").lower())
+    if known is None:
+        return None
+    if known.benchmark != benchmark:
+        return f"{known.source} (given for '{benchmark}', but it is the '{known.benchmark}' file)"
+    return known.source
 
 
 def load_problems(name: str, context: Mapping[str, Any] | None = None, limit: int | None = None) -> list[Problem]:

@@ -1,7 +1,9 @@
 """Generation backends: `hf` (batched `generate`, left padding; CPU or GPU) and `vllm` (GPU).
 
 Both take the same prompts and sampling settings and return, per prompt, a list of n
-completions, cut at the first stop string.
+completions, cut at the first stop string. For multiple-choice scoring (`choice_logprobs`) both
+also give the top log-probabilities of the first generated token (`next_token_top`): hf from one
+batched forward pass, vLLM from `SamplingParams(max_tokens=1, logprobs=10)` as upstream's medeval.
 """
 
 from __future__ import annotations
@@ -9,6 +11,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -44,15 +47,18 @@ def generate_hf(
     from tqdm.auto import tqdm
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
+    from asft.models import require_pad_token_id
+
     device = "cuda" if torch.cuda.is_available() else "cpu"
     tokenizer = AutoTokenizer.from_pretrained(model_dir, padding_side="left")
+    pad_id = require_pad_token_id(tokenizer, f"generation with {model_dir}")
     model = AutoModelForCausalLM.from_pretrained(model_dir).to(device).eval()
     greedy = sampling.temperature == 0
     options = {
         "max_new_tokens": sampling.max_new_tokens,
         "do_sample": not greedy,
         "num_return_sequences": sampling.n,
-        "pad_token_id": tokenizer.pad_token_id,
+        "pad_token_id": pad_id,
         "eos_token_id": tokenizer.eos_token_id,
     }
     if not greedy:
@@ -98,4 +104,128 @@ def generate(model_dir: Path, prompts: Sequence[str], sampling: Sampling, *, bac
         return generate_vllm(model_dir, prompts, sampling, tensor_parallel=tensor_parallel)
     if backend == "hf":
         return generate_hf(model_dir, prompts, sampling, batch_size=batch_size, progress=progress)
+    raise ValueError(f"unknown eval backend '{backend}'; known: hf, vllm")
+
+
+# --- the first generated token's top log-probabilities (multiple-choice scoring) ----------------
+
+#: Upstream medeval asks vLLM for the 10 most likely first tokens (SamplingParams(logprobs=10)).
+TOP_LOGPROBS = 10
+
+
+@dataclass(frozen=True)
+class NextToken:
+    """The first generated position of one prompt: its top tokens (id, decoded text, log-probability),
+    most likely first, and the greedy token as generated text (special tokens skipped, as vLLM does)."""
+
+    top: tuple[tuple[int, str, float], ...]
+    completion: str
+
+
+def pad_left(sequences: Sequence[Sequence[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Left-pad token ids into a batch: input_ids and attention mask."""
+    width = max(len(seq) for seq in sequences)
+    ids = torch.full((len(sequences), width), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(sequences), width), dtype=torch.long)
+    for row, seq in enumerate(sequences):
+        if seq:
+            ids[row, width - len(seq) :] = torch.tensor(list(seq), dtype=torch.long)
+            mask[row, width - len(seq) :] = 1
+    return ids, mask
+
+
+@torch.no_grad()
+def last_token_logits(model: Any, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+    """Next-token logits [batch, vocab] after each row's last real token, with left or right padding.
+
+    Position ids count real tokens only (as `generate` does), so a padded row sees the positions it
+    would see alone. Left padding puts every row's last token in the last column, and only that
+    column's logits are computed (`logits_to_keep=1`: no [batch, length, vocab] tensor).
+    """
+    if not bool(attention_mask.sum(-1).gt(0).all()):
+        raise ValueError("a prompt of the batch has no tokens")
+    positions = (attention_mask.cumsum(-1) - 1).clamp(min=0)
+    inputs = {"input_ids": input_ids, "attention_mask": attention_mask, "position_ids": positions}
+    if bool(attention_mask[:, -1].all()):
+        return model(**inputs, logits_to_keep=1).logits[:, -1]
+    columns = torch.arange(attention_mask.shape[1], device=attention_mask.device)
+    last = (attention_mask * columns).argmax(-1)  # the last real token of each (right-padded) row
+    return model(**inputs).logits[torch.arange(len(last), device=last.device), last]
+
+
+def next_token_top_hf(model_dir: Path, prompts: Sequence[str], *, top_k: int = TOP_LOGPROBS, batch_size: int = 64,
+                      progress: bool = True) -> list[NextToken]:
+    """Top-k next-token log-probabilities after each prompt: one forward pass per batch, no generation.
+
+    Prompts are tokenized with special tokens (a Llama tokenizer adds BOS), as vLLM tokenizes them;
+    prompts of similar length share a batch.
+    """
+    from tqdm.auto import tqdm
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from asft.models import require_pad_token_id
+
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    tokenizer = AutoTokenizer.from_pretrained(model_dir)
+    pad_id = require_pad_token_id(tokenizer, f"multiple-choice scoring with {model_dir}")
+    model = AutoModelForCausalLM.from_pretrained(model_dir).to(device).eval()
+    encoded = tokenizer(list(prompts), add_special_tokens=True)["input_ids"]
+    order = sorted(range(len(prompts)), key=lambda i: len(encoded[i]))
+    results: dict[int, NextToken] = {}
+    for start in tqdm(range(0, len(order), batch_size), desc="score", disable=not progress):
+        rows = order[start : start + batch_size]
+        ids, mask = pad_left([encoded[i] for i in rows], pad_id)
+        logits = last_token_logits(model, ids.to(device), mask.to(device)).float()
+        logprobs = torch.log_softmax(logits, dim=-1)
+        top = logprobs.topk(min(top_k, logprobs.shape[-1]), dim=-1)
+        greedy = logits.argmax(dim=-1)
+        for row, index in enumerate(rows):
+            token_ids = top.indices[row].tolist()
+            values = top.values[row].tolist()
+            results[index] = NextToken(
+                top=tuple((t, tokenizer.decode([t]), v) for t, v in zip(token_ids, values)),
+                completion=tokenizer.decode([int(greedy[row])], skip_special_tokens=True),
+            )
+    return [results[i] for i in range(len(prompts))]
+
+
+def next_token_top_vllm(model_dir: Path, prompts: Sequence[str], *, top_k: int = TOP_LOGPROBS,
+                        tensor_parallel: int = 1, seed: int = 0) -> list[NextToken]:
+    """Upstream medeval's call: greedy, one new token, its top-k log-probabilities (vLLM adds BOS itself).
+
+    Token ids are decoded with the model's tokenizer, as upstream decodes them.
+    """
+    from transformers import AutoTokenizer
+
+    try:
+        from vllm import LLM, SamplingParams
+    except ImportError as error:
+        raise RuntimeError("eval.backend 'vllm' needs vLLM and a GPU: run with --software-deployment-method conda "
+                           f"(envs/eval.yaml) or install {VLLM_REQUIREMENT} in its own environment") from error
+    tokenizer = AutoTokenizer.from_pretrained(model_dir)
+    llm = LLM(model=str(model_dir), tensor_parallel_size=tensor_parallel, seed=seed, trust_remote_code=False)
+    params = SamplingParams(temperature=0.0, top_p=1.0, max_tokens=1, logprobs=top_k)
+    tokens = []
+    for result in llm.generate(list(prompts), params):
+        output = result.outputs[0]
+        first = output.logprobs[0] if output.logprobs else {}
+        ranked = sorted(first.items(), key=lambda item: -_logprob(item[1]))
+        tokens.append(NextToken(
+            top=tuple((int(t), tokenizer.decode([int(t)]), _logprob(lp)) for t, lp in ranked),
+            completion=output.text,
+        ))
+    return tokens
+
+
+def _logprob(entry: Any) -> float:
+    """vLLM gives Logprob objects (`.logprob`); a plain number is accepted too."""
+    return float(getattr(entry, "logprob", entry))
+
+
+def next_token_top(model_dir: Path, prompts: Sequence[str], *, backend: str = "hf", batch_size: int = 64,
+                   tensor_parallel: int = 1, seed: int = 0, progress: bool = True) -> list[NextToken]:
+    if backend == "vllm":
+        return next_token_top_vllm(model_dir, prompts, tensor_parallel=tensor_parallel, seed=seed)
+    if backend == "hf":
+        return next_token_top_hf(model_dir, prompts, batch_size=batch_size, progress=progress)
     raise ValueError(f"unknown eval backend '{backend}'; known: hf, vllm")

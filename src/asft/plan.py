@@ -128,8 +128,10 @@ def eval_settings(cfg: Config, benchmark: str) -> dict[str, Any]:
     protocol = get_protocol(ev.protocol)
     fields = protocol.eval_fields() if protocol else {
         "template": ev.template, "n_samples": ev.n_samples, "temperature": ev.temperature, "top_p": ev.top_p,
-        "max_new_tokens": ev.max_new_tokens,
+        "max_new_tokens": ev.max_new_tokens, "scoring": ev.scoring,
     }
+    if fields["scoring"] == "generate":  # absent means generate, so keys made before the option hold
+        del fields["scoring"]
     sampled = fields["temperature"] > 0
     context: dict[str, Any] = {}
     if benchmark.startswith("embedded_"):

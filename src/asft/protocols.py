@@ -6,6 +6,10 @@ new tokens, the harness's stop strings; the reported number is the accuracy aver
 samples (avg@16, `mean_acc`), with pass@1 of sample 0 and pass@16 beside it.
 `fork_cot_greedy` is what the fork (doub7e/token-SFT) reported: the `cot` prompt
 `Question: {question}\\nAnswer:`, one greedy sample. Its numbers are not comparable with the paper's.
+`paper_medical` is upstream's medical evaluation (eval/medeval/vllm_medical_test.py) of MedQA,
+MMLU-medical and MedMCQA: the `choice` prompt `Question: ...\\n\\nOptions:\\nA. ...\\n\\nAnswer:`, no
+sampling: the answer is the option letter with the highest log-probability among the top-10 tokens
+at the first generated position (scoring `choice_logprobs`, asft.evaluation).
 `custom` takes every field from the `eval` section of the config.
 A protocol's version enters the eval keys: bump it when its definition changes.
 """
@@ -26,8 +30,11 @@ class Protocol:
     top_p: float
     max_new_tokens: int
     description: str
+    scoring: str = "generate"  # or choice_logprobs (asft.config.EvalConfig.scoring)
 
     def eval_fields(self) -> dict:
+        """The eval fields this protocol fixes (scoring included; plan.eval_settings keys it only when not
+        `generate`, so the keys of the protocols made before it hold)."""
         fields = asdict(self)
         for meta in ("name", "version", "description"):
             fields.pop(meta)
@@ -41,6 +48,10 @@ PROTOCOLS: dict[str, Protocol] = {
                  description="ASFT paper: alpaca prompt + newline, avg@16 at T=1.0, top_p 1.0, 4096 tokens"),
         Protocol("fork_cot_greedy", 1, template="cot", n_samples=1, temperature=0.0, top_p=1.0, max_new_tokens=4096,
                  description="fork (token-SFT): 'Question: ...\\nAnswer:' prompt, one greedy sample"),
+        Protocol("paper_medical", 1, template="choice", n_samples=1, temperature=0.0, top_p=1.0, max_new_tokens=1,
+                 scoring="choice_logprobs",
+                 description="upstream medeval (vllm_medical_test.py): 'Question: ...\\n\\nOptions:\\nA. ...\\n\\n"
+                 "Answer:' prompt, the top-10 next-token log-probabilities choose the letter"),
     )
 }
 CUSTOM = "custom"

@@ -3,12 +3,14 @@
 `alpaca` is the upstream ASFT training template (train_v2.py); at evaluation the upstream harness
 appends a newline to it (prompt type `alpaca` in math_evaluation). `cot` is the fork's greedy
 evaluation prompt. `plain` puts the response right after the instruction (the embedded tasks).
-`chat` uses the tokenizer's own chat template.
+`chat` uses the tokenizer's own chat template. `choice` is upstream's multiple-choice prompt
+(eval/medeval/vllm_medical_test.py), rendered from a problem's structured options (`choice_prompt`).
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
+from string import ascii_uppercase
 from typing import Any
 
 ALPACA = (
@@ -16,6 +18,7 @@ ALPACA = (
     "### Instruction:\n{instruction}\n\n### Response:"
 )
 COT = "Question: {instruction}\nAnswer:"
+CHOICE = "choice"
 
 #: Stop strings of the upstream harness, per evaluation prompt type.
 STOP_STRINGS = {
@@ -23,7 +26,21 @@ STOP_STRINGS = {
     "cot": ["</s>", "<|im_end|>", "<|endoftext|>", "\n\nQuestion:"],
     "plain": ["</s>", "<|im_end|>", "<|endoftext|>"],
     "chat": ["</s>", "<|im_end|>", "<|endoftext|>"],
+    "choice": ["</s>", "<|im_end|>", "<|endoftext|>", "\n\nQuestion:"],
 }
+
+
+def choice_prompt(stem: str, options: Sequence[str]) -> str:
+    """Upstream's multiple-choice prompt, byte for byte: no stripping, options lettered A, B, C, ... in order.
+
+    Question: {stem}\n\nOptions:\nA. {option}\n...\n\nAnswer:
+    """
+    if not 0 < len(options) <= len(ascii_uppercase):
+        raise ValueError(f"a multiple-choice prompt needs 1 to 26 options, got {len(options)}")
+    prompt = f"Question: {stem}\n\nOptions:\n"
+    for letter, text in zip(ascii_uppercase, options):
+        prompt += f"{letter}. {text}\n"
+    return prompt + "\nAnswer:"
 
 
 def _chat(instruction: str, tokenizer: Any) -> str:
@@ -55,8 +72,19 @@ def training_prompt(template: str, instruction: str, tokenizer: Any = None) -> s
 
 
 def eval_prompt(template: str, question: str, tokenizer: Any = None) -> str:
-    """The prompt given to the model at evaluation."""
+    """The prompt given to the model at evaluation (`choice`: see `problem_prompt`)."""
+    if template == CHOICE:
+        raise ValueError("template 'choice' renders a problem's options: use problem_prompt(template, problem)")
     try:
         return _EVAL[template](question, tokenizer)
     except KeyError:
         raise ValueError(f"unknown eval template '{template}'; known: {', '.join(sorted(_EVAL))}") from None
+
+
+def problem_prompt(template: str, problem: Any, tokenizer: Any = None) -> str:
+    """The evaluation prompt of a benchmark problem (asft.benchmarks.Problem)."""
+    if template != CHOICE:
+        return eval_prompt(template, problem.question, tokenizer)
+    if problem.choices is None:
+        raise ValueError("template 'choice' needs a multiple-choice benchmark; this problem has no options")
+    return choice_prompt(problem.choices.stem, problem.choices.options)
