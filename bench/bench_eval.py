@@ -20,8 +20,8 @@ import torch
 def cpu_bench(args: argparse.Namespace) -> None:
     from asft.embedded.pretrain import EmbeddedBaseSpec, pretrain
     from asft.embedded.tasks import split
-    from asft.generation import Sampling, generate_hf
-    from asft.grading import grade_many
+    from asft.eval.generation import Sampling, generate_hf
+    from asft.eval.grading import grade_many
 
     torch.set_num_threads(args.threads)
     with tempfile.TemporaryDirectory() as tmp:
@@ -53,7 +53,7 @@ def gpu_bench(args: argparse.Namespace) -> None:
     from transformers import AutoTokenizer, Qwen2Config, Qwen2ForCausalLM
 
     from asft.embedded.tokenizer import build_tokenizer
-    from asft.generation import Sampling, generate_hf, generate_vllm
+    from asft.eval.generation import Sampling, generate_hf, generate_vllm
 
     with tempfile.TemporaryDirectory() as tmp:
         folder = Path(tmp) / "qwen05b"

@@ -118,8 +118,8 @@ def build(args):
 
 
 def make_step(impl, mode, model, ids, labels, args):
-    from asft.chunked_loss import chunked_loss
-    from asft.losses import compute_loss, get_mode
+    from asft.train.chunked_loss import chunked_loss
+    from asft.train.losses import compute_loss, get_mode
 
     import torch
 

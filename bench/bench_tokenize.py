@@ -2,7 +2,7 @@
 
 A generated alpaca-style set (default 20,000 rows, NuminaMath-CoT-like lengths: a ~250-character
 problem, a ~1,300-character worked solution with LaTeX and a \\boxed{} answer) goes through
-`asft.data.tokenize_dataset` end to end: read train.jsonl, template, tokenize, mask, filter,
+`asft.train.data.tokenize_dataset` end to end: read train.jsonl, template, tokenize, mask, filter,
 save_to_disk. Two tokenizers:
 
   embedded: the workflow's own Qwen2 tokenizer (byte-level, no merges: one token per byte, so
@@ -101,7 +101,7 @@ def _cpu_seconds() -> float:
 
 def run_once(data_dir: Path, model_dir: Path, num_proc: int, max_length: int) -> tuple[float, float, dict]:
     """Wall seconds, CPU seconds and stats of one tokenize stage."""
-    from asft.data import tokenize_dataset
+    from asft.train.data import tokenize_dataset
 
     out = Path(tempfile.mkdtemp(prefix="bench-tok-"))
     try:
@@ -126,7 +126,7 @@ def main() -> None:
     import datasets
 
     datasets.disable_progress_bars()
-    from asft.data import write_jsonl
+    from asft.train.data import write_jsonl
 
     work = Path(tempfile.mkdtemp(prefix="bench-tokenize-"))
     try:

@@ -1,4 +1,4 @@
-"""Training step time and peak memory per loss mode, through the real trainer (asft.trainer.train_run).
+"""Training step time and peak memory per loss mode, through the real trainer (asft.train.trainer.train_run).
 
 Each mode trains the same model on the same data in a fresh subprocess (1 torch thread), so peak
 resident memory (ru_maxrss) is per mode; the printed ratios (mode / sft) are measured in this one run.
@@ -22,7 +22,7 @@ import json, resource, sys, time
 from pathlib import Path
 import torch
 torch.set_num_threads(1)
-from asft.trainer import train_run
+from asft.train.trainer import train_run
 args = json.loads(sys.argv[1])
 settings = {
     "mode": args["mode"], "hparams": {}, "kl_weight": 0.05 if args["mode"] in ("asft", "sft+kl") else 0.0,
@@ -45,7 +45,7 @@ print(json.dumps({"seconds": stats["train_runtime_s"], "steps": stats["steps"],
 def build_inputs(tmp: Path, args: argparse.Namespace) -> tuple[Path, Path]:
     import torch
 
-    from asft.data import build_dataset, tokenize_dataset
+    from asft.train.data import build_dataset, tokenize_dataset
     from asft.embedded.pretrain import EmbeddedBaseSpec, build_model
     from asft.embedded.tokenizer import build_tokenizer
 

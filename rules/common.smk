@@ -3,8 +3,8 @@
 from snakemake.exceptions import WorkflowError
 from snakemake.utils import validate
 
-from asft.config import ConfigError, layered_raw, parse_config
-from asft.plan import build_plan
+from asft.workflow.config import ConfigError, layered_raw, parse_config
+from asft.workflow.plan import build_plan
 
 try:
     # Presets may `extends:` others; rebuild the config from the files given, in order.

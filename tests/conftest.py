@@ -28,7 +28,7 @@ def tiny_base(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="session")
 def tiny_dataset(tmp_path_factory, tiny_base) -> Path:
-    from asft.data import build_dataset, tokenize_dataset
+    from asft.train.data import build_dataset, tokenize_dataset
 
     data = tmp_path_factory.mktemp("data")
     build_dataset({"source": "embedded", "task": "mul", "split_seed": 0, "size": 64, "subsample_seed": 0}, data)

@@ -112,7 +112,7 @@ def test_eval_env_satisfies_vllms_own_pins():
     from packaging.specifiers import SpecifierSet
 
     _, pins = _env("eval.yaml")
-    from asft.generation import VLLM_REQUIREMENT
+    from asft.eval.generation import VLLM_REQUIREMENT
 
     assert f"vllm=={pins['vllm']}" == VLLM_REQUIREMENT  # vLLM is not a pyproject extra: it needs its own env
     for package, spec in VLLM_REQUIRES.items():
@@ -129,7 +129,7 @@ def test_envs_hold_the_stacks_their_rules_need():
 
 
 def test_aggregate_code_imports_nothing_outside_the_light_env():
-    code = ("import sys; import asft.stages, asft.table, yaml; "
+    code = ("import sys; import asft.workflow.jobs, asft.eval.table, yaml; "
             "print(sorted(m for m in ('torch', 'transformers', 'datasets', 'peft', 'vllm') if m in sys.modules))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "[]"

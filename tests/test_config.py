@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from asft.config import ConfigError, EmbeddedSpecModel, json_schema, load_config, parse_config
+from asft.workflow.config import ConfigError, EmbeddedSpecModel, json_schema, load_config, parse_config
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -89,7 +89,7 @@ def test_presets_layer_like_snakemake(tmp_path):
 
 
 def test_config_mode_list_matches_the_loss_registry():
-    from asft.losses import available_modes
+    from asft.train.losses import available_modes
 
     for mode in ("sft", "dft", "sft+kl", "asft", "sft-topk", "sft-antiop", "sft-lr"):
         assert mode in available_modes()

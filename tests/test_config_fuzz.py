@@ -20,7 +20,7 @@ from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 from pydantic import BaseModel
 
-from asft.config import DEFAULT_CONFIG, Config, ConfigError, load_config, parse_config, read_yaml
+from asft.workflow.config import DEFAULT_CONFIG, Config, ConfigError, load_config, parse_config, read_yaml
 
 FAST = settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 

@@ -19,9 +19,9 @@ from pathlib import Path
 import pytest
 import yaml
 
-from asft.artifacts import MANIFEST, Node
-from asft.config import deep_merge, load_config, parse_config
-from asft.data import (
+from asft.workflow.artifacts import MANIFEST, Node
+from asft.workflow.config import deep_merge, load_config, parse_config
+from asft.train.data import (
     IGNORE,
     PAPER_FILES,
     build_dataset,
@@ -31,9 +31,9 @@ from asft.data import (
     tokenize_dataset,
     write_jsonl,
 )
-from asft.plan import build_plan
-from asft.stages import run_stage
-from asft.templates import training_prompt
+from asft.workflow.plan import build_plan
+from asft.workflow.jobs import run_stage
+from asft.train.templates import training_prompt
 
 ROOT = Path(__file__).resolve().parents[1]
 DEFAULT = yaml.safe_load((ROOT / "config" / "config.yaml").read_text())
@@ -133,7 +133,7 @@ def test_local_model_folder_and_local_file_end_to_end(tmp_path, model_folder, to
     import torch
     from transformers import AutoModelForCausalLM
 
-    from asft.trainer import pad_collator
+    from asft.train.trainer import pad_collator
 
     write_jsonl(tmp_path / "toy.jsonl", toy_rows(50))
     raw = config_with(
@@ -281,16 +281,16 @@ def test_unknown_model_offline_names_the_id_and_the_ways_out(tmp_path, hf_home):
 
 
 def test_download_failing_midway_leaves_no_artifact(tmp_path, hf_home, model_folder, monkeypatch):
-    import asft.models
+    import asft.train.models
 
     fake_cache(hf_home, "model", "tiny-org/tiny-qwen", {p.name: p for p in model_folder.iterdir()})
-    real_copy = asft.models._copy_tree
+    real_copy = asft.train.models._copy_tree
 
     def copy_then_fail(src, dest, patterns=None):
         real_copy(src, dest, ("config.json",))  # some files are in place ...
         raise OSError("No space left on device")  # ... when the copy dies
 
-    monkeypatch.setattr(asft.models, "_copy_tree", copy_then_fail)
+    monkeypatch.setattr(asft.train.models, "_copy_tree", copy_then_fail)
     node = only_node(config_with(model={"source": "hub", "id": "tiny-org/tiny-qwen"}), "model")
     with pytest.raises(OSError, match="No space left"):
         run_stage(node, {}, tmp_path / "model" / node.key)
@@ -363,7 +363,7 @@ def test_subsample_size_and_seed_are_in_the_key_and_deterministic(tmp_path):
 def test_masks_are_exact_for_every_template(tmp_path, model_folder, tokenizer, template):
     from datasets import load_from_disk
 
-    from asft.trainer import pad_collator
+    from asft.train.trainer import pad_collator
 
     rows = [{"instruction": f"Compute {i} * 3.", "response": f"{i} * 3 = {3 * i}" + " more" * (i % 4)}
             for i in range(6)]

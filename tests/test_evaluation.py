@@ -10,9 +10,9 @@ import pandas as pd
 import pytest
 import torch
 
-from asft.evaluation import score
-from asft.generation import Sampling, cut_at_stop, generate_hf
-from asft.table import aggregate
+from asft.eval.evaluation import score
+from asft.eval.generation import Sampling, cut_at_stop, generate_hf
+from asft.eval.table import aggregate
 
 
 def test_hf_generation_batched_equals_unbatched(tiny_base):
@@ -41,7 +41,7 @@ def test_merged_model_logits_equal_the_adapter_model(tmp_path, tiny_base):
     from peft import LoraConfig, PeftModel, get_peft_model
     from transformers import AutoModelForCausalLM
 
-    from asft.merge import merge_adapter
+    from asft.train.merge import merge_adapter
 
     torch.manual_seed(0)
     peft_model = get_peft_model(AutoModelForCausalLM.from_pretrained(tiny_base),
@@ -120,8 +120,8 @@ def test_aggregate_means_and_sample_stds(tmp_path):
 def test_drift_is_kl_base_to_model_on_gold_solutions(tmp_path, tiny_base):
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from asft.benchmarks import load_problems
-    from asft.evaluation import drift
+    from asft.eval.benchmarks import load_problems
+    from asft.eval.evaluation import drift
 
     problems = load_problems("embedded_mul", {"split_seed": 0}, limit=10)
     assert drift(tiny_base, tiny_base, problems, template="plain") == pytest.approx(0.0, abs=1e-7)
@@ -170,7 +170,7 @@ def test_vllm_backend_passes_the_protocol_to_vllm(monkeypatch):
             return [out(outputs=[out(text=f"{p} \\boxed{{1}}</s>junk"), out(text="x")]) for p in prompts]
 
     monkeypatch.setitem(sys.modules, "vllm", types.SimpleNamespace(LLM=LLM, SamplingParams=SamplingParams))
-    from asft.generation import generate
+    from asft.eval.generation import generate
 
     sampling = Sampling(n=2, temperature=1.0, top_p=0.95, max_new_tokens=4096, stop=("</s>",), seed=3)
     result = generate(Path("/models/m"), ["a", "b"], sampling, backend="vllm", tensor_parallel=4)

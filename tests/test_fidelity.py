@@ -13,8 +13,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from asft.config import ConfigError, layered_raw, load_config, parse_config
-from asft.plan import build_plan
+from asft.workflow.config import ConfigError, layered_raw, load_config, parse_config
+from asft.workflow.plan import build_plan
 from tests.conftest import train_settings
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -25,7 +25,7 @@ ACCUMULATION = 4
 # --- loss normalisation over gradient accumulation ----------------------------------------------
 
 def _reference_gradient(model_dir: Path, micro_batches: list[dict], normalize: str) -> tuple[float, float]:
-    """Loss and gradient norm of one optimizer step, computed without the trainer or asft.losses.
+    """Loss and gradient norm of one optimizer step, computed without the trainer or asft.train.losses.
 
     upstream: sum over micro-batches of each one's mean token CE (train_v2.py; the HF Trainer does not
     divide by the accumulation steps for a model that accepts loss kwargs); microbatch_mean: that sum
@@ -73,7 +73,7 @@ def uneven_dataset(tmp_path_factory, tiny_dataset) -> Path:
 @pytest.mark.parametrize("normalize", ["upstream", "microbatch_mean", "global_tokens"])
 def test_each_normalisation_gives_its_gradient_over_four_accumulation_steps(normalize, tmp_path, tiny_base,
                                                                            uneven_dataset, monkeypatch):
-    import asft.trainer as trainer
+    import asft.train.trainer as trainer
 
     seen: list[dict] = []
     real_collator = trainer.pad_collator
@@ -108,7 +108,7 @@ def test_each_normalisation_gives_its_gradient_over_four_accumulation_steps(norm
 def test_upstream_is_accumulation_steps_times_microbatch_mean(tiny_base, tiny_dataset):
     from datasets import load_from_disk
 
-    from asft.trainer import pad_collator
+    from asft.train.trainer import pad_collator
 
     dataset = load_from_disk(str(tiny_dataset))
     collate = pad_collator(0)
@@ -148,7 +148,7 @@ def test_kl_direction_aliases_resolve_to_the_same_key(alias, canonical):
 
 def test_forward_kl_is_kl_of_reference_to_policy():
     """The paper's eq. 6 forward KL, D_KL(pi_base || pi_theta) = sum_v q_v (log q_v - log p_v)."""
-    from asft.losses import compute_loss
+    from asft.train.losses import compute_loss
 
     torch.manual_seed(0)
     logits, ref = torch.randn(1, 4, 9), torch.randn(1, 4, 9)
@@ -162,7 +162,7 @@ def test_forward_kl_is_kl_of_reference_to_policy():
 # --- schedule and precision -------------------------------------------------------------------------
 
 def test_warmup_ratio_rounds_up_a_fraction_of_the_steps(tmp_path, tiny_base, tiny_dataset):
-    from asft.trainer import train_run
+    from asft.train.trainer import train_run
 
     settings = train_settings("sft", max_steps=10, warmup_steps=0, warmup_ratio=0.25, lr=1e-2,
                               lr_scheduler="linear")
@@ -198,14 +198,14 @@ def test_warmup_ratio_enters_the_key_only_when_set():
     ("bf16_pure", "full", torch.bfloat16), ("bf16_pure", "lora", torch.bfloat16),
 ])
 def test_precision_decides_the_dtype_adamw_steps(precision, method, dtype):
-    from asft.trainer import weights_dtype
+    from asft.train.trainer import weights_dtype
 
     assert weights_dtype(precision, method) is dtype
 
 
 def test_bf16_pure_steps_bf16_weights_and_adamw_states(tmp_path, tiny_base, tiny_dataset):
     """Upstream full fine-tuning: the weights and AdamW's moments are bf16 (CPU autocast runs bf16 too)."""
-    import asft.trainer as trainer
+    import asft.train.trainer as trainer
 
     captured = {}
     real_init = trainer.AnchoredTrainer.__init__
@@ -271,9 +271,9 @@ def _boundary_bpe(texts: list[str]):
 
 
 def test_upstream_boundary_equals_joint_tokenisation_on_the_shipped_benchmarks():
-    from asft.benchmarks import load_problems
-    from asft.data import encode_batch
-    from asft.templates import training_prompt
+    from asft.eval.benchmarks import load_problems
+    from asft.train.data import encode_batch
+    from asft.train.templates import training_prompt
 
     problems = [p for p in load_problems("math_oai") if p.solution][:300]
     questions, solutions = [p.question for p in problems], [p.solution for p in problems]
@@ -331,7 +331,7 @@ def test_llama_special_tokens_and_pad_as_upstream(tmp_path):
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers
     from transformers import AutoModelForCausalLM, AutoTokenizer, LlamaConfig, LlamaForCausalLM, LlamaTokenizerFast
 
-    from asft.models import fix_tokenizer
+    from asft.train.models import fix_tokenizer
 
     vocab = {"<unk>": 0, "<s>": 1, "</s>": 2, "a": 3, "b": 4, "▁": 5, "▁a": 6}
     backend = Tokenizer(models.BPE(vocab=vocab, merges=[("▁", "a")], unk_token="<unk>"))

@@ -1,4 +1,4 @@
-r"""Tests for asft.grading: extraction, normalisation, the fast path, the Math-Verify worker,
+r"""Tests for asft.eval.grading: extraction, normalisation, the fast path, the Math-Verify worker,
 policy switches, safety (no code execution, bounded time) and sanity on the real benchmark golds."""
 
 from __future__ import annotations
@@ -15,8 +15,8 @@ from pathlib import Path
 
 import pytest
 
-from asft import grading
-from asft.grading import (
+from asft.eval import grading
+from asft.eval.grading import (
     DEFAULT_POLICY,
     Grader,
     GradingPolicy,
@@ -436,10 +436,10 @@ def test_close_and_context_manager():
 
 def test_worker_cleaned_up_at_exit(tmp_path):
     script = (
-        "from asft.grading import Grader, is_correct\n"
+        "from asft.eval.grading import Grader, is_correct\n"
         "g = Grader(); g.start(); print(g.worker_pid)\n"
         "assert is_correct('\\\\boxed{\\\\sqrt{4}x}', '2x')\n"
-        "from asft import grading; print(grading._DEFAULT.worker_pid, flush=True)\n"
+        "from asft.eval import grading; print(grading._DEFAULT.worker_pid, flush=True)\n"
     )
     out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
                          timeout=60, check=True).stdout.split()

@@ -7,9 +7,9 @@ import sys
 
 import pytest
 
-from asft.config import load_config, parse_config
-from asft.keys import canonical_json, stage_key
-from asft.plan import build_plan
+from asft.workflow.config import load_config, parse_config
+from asft.workflow.keys import canonical_json, stage_key
+from asft.workflow.plan import build_plan
 from tests.test_config import default_raw
 
 
@@ -38,7 +38,7 @@ def test_key_depends_on_settings_parents_and_stage():
 
 
 def test_keys_are_stable_across_processes():
-    code = "from asft.config import load_config; from asft.plan import build_plan; " \
+    code = "from asft.workflow.config import load_config; from asft.workflow.plan import build_plan; " \
            "print(sorted(k for n in build_plan(load_config()).nodes.values() for k in n))"
     runs = {subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
             for _ in range(2)}
@@ -109,8 +109,8 @@ def test_the_embedded_default_keeps_its_keys():
     import hashlib
     import json
 
-    from asft.config import load_config
-    from asft.plan import build_plan
+    from asft.workflow.config import load_config
+    from asft.workflow.plan import build_plan
 
     plan = build_plan(load_config())
     keys = {stage: sorted(nodes) for stage, nodes in plan.nodes.items()}
@@ -120,3 +120,17 @@ def test_the_embedded_default_keeps_its_keys():
                                                            "merge": 8, "eval": 27}
     digest = hashlib.sha256(json.dumps(keys, sort_keys=True).encode()).hexdigest()
     assert digest == "2b259031f51c15af5f44ab23709442aa861d9259e4af2a7bb9d879aea9d9000a"
+
+
+def test_stable_api_names_keep_working():
+    """Users' scripts import these names; the modules moved into packages and are re-exported."""
+    import asft.chunked_loss
+    import asft.grading
+    import asft.losses
+    from asft.eval import grading
+    from asft.train import chunked_loss, losses
+
+    assert asft.losses.compute_loss is losses.compute_loss and asft.losses.register_mode is losses.register_mode
+    assert asft.chunked_loss.chunked_loss is chunked_loss.chunked_loss
+    assert asft.grading.is_correct is grading.is_correct
+    assert asft.grading.is_correct(r"so \boxed{4}", "4")

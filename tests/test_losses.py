@@ -1,4 +1,4 @@
-"""Tests of the loss modes (asft.losses) and of the chunked loss (asft.chunked_loss).
+"""Tests of the loss modes (asft.train.losses) and of the chunked loss (asft.train.chunked_loss).
 
 The reference values are written here from the formulas, in float64, with plain torch: they do not
 call any helper of the library.
@@ -15,9 +15,9 @@ import torch.nn.functional as F
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from asft import losses
-from asft.chunked_loss import chunked_loss
-from asft.losses import available_modes, compute_loss, get_mode, register_mode
+from asft.train import losses
+from asft.train.chunked_loss import chunked_loss
+from asft.train.losses import available_modes, compute_loss, get_mode, register_mode
 
 DIRECTIONS = ("ref_policy", "policy_ref")
 EXPECTED_MODES = {"sft", "dft", "sft+kl", "asft", "sft-topk", "sft-antiop", "sft-lr"}

@@ -19,7 +19,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from asft.evaluation import choose_letter
+from asft.eval.evaluation import choose_letter
 
 ROOT = Path(__file__).resolve().parents[1]
 MEDICAL_TINY = ROOT / "tests" / "configs" / "medical_tiny.yaml"
@@ -118,8 +118,8 @@ def medical_copies(tmp_path) -> dict[str, dict]:
 
 
 def test_choice_prompt_is_upstreams_byte_for_byte_on_each_format(medical_copies):
-    from asft.benchmarks import load_problems
-    from asft.templates import problem_prompt
+    from asft.eval.benchmarks import load_problems
+    from asft.train.templates import problem_prompt
 
     medqa, = load_problems("medqa", medical_copies["medqa"])
     mmlu, = load_problems("mmlu_medical", medical_copies["mmlu_medical"])
@@ -141,8 +141,8 @@ def test_choice_prompt_is_upstreams_byte_for_byte_on_each_format(medical_copies)
 
 
 def test_medqa_options_keep_file_order_in_the_choice_prompt(tmp_path):
-    from asft.benchmarks import load_problems
-    from asft.templates import problem_prompt
+    from asft.eval.benchmarks import load_problems
+    from asft.train.templates import problem_prompt
 
     row = {"question": "Q?", "options": {"B": "second", "A": "first", "C": "c", "D": "d"}, "answer_idx": "A"}
     path = tmp_path / "medqa.jsonl"
@@ -153,8 +153,8 @@ def test_medqa_options_keep_file_order_in_the_choice_prompt(tmp_path):
 
 
 def test_choice_template_needs_options_and_eval_prompt_points_to_problem_prompt():
-    from asft.benchmarks import Problem
-    from asft.templates import eval_prompt, problem_prompt
+    from asft.eval.benchmarks import Problem
+    from asft.train.templates import eval_prompt, problem_prompt
 
     with pytest.raises(ValueError, match="needs a multiple-choice benchmark"):
         problem_prompt("choice", Problem("1+1=", "2"))
@@ -163,8 +163,8 @@ def test_choice_template_needs_options_and_eval_prompt_points_to_problem_prompt(
 
 
 def test_known_upstream_test_files_are_recognised_by_sha256():
-    from asft.benchmarks import KNOWN_COPIES, file_provenance
-    from asft.evaluation import _source_file
+    from asft.eval.benchmarks import KNOWN_COPIES, file_provenance
+    from asft.eval.evaluation import _source_file
 
     medqa_sha = "c3b905ccfa66152dc25afbcb2c10e86c0bdb208824f0658fcdb2c040f60a2beb"
     assert file_provenance("medqa", medqa_sha).startswith("upstream test_data")
@@ -179,7 +179,7 @@ def test_known_upstream_test_files_are_recognised_by_sha256():
 # --- the embedded multiple-choice benchmarks ---------------------------------------------------------
 
 def test_embedded_choice_benchmarks_have_four_numeric_options_one_correct():
-    from asft.benchmarks import get_benchmark, load_problems
+    from asft.eval.benchmarks import get_benchmark, load_problems
 
     for task in ("add", "sub", "mul"):
         assert get_benchmark(f"embedded_{task}_choice").multiple_choice
@@ -202,7 +202,7 @@ def test_embedded_choice_benchmarks_have_four_numeric_options_one_correct():
 # --- config and keys -------------------------------------------------------------------------------
 
 def test_choice_template_or_scoring_on_a_benchmark_without_options_is_a_config_error():
-    from asft.config import ConfigError, layered_raw, parse_config
+    from asft.workflow.config import ConfigError, layered_raw, parse_config
 
     for eval_section, field in (({"template": "choice"}, "eval.template: 'choice'"),
                                 ({"scoring": "choice_logprobs"}, "eval.scoring: 'choice_logprobs'"),
@@ -220,8 +220,8 @@ def test_choice_template_or_scoring_on_a_benchmark_without_options_is_a_config_e
 
 
 def test_paper_medical_protocol_fixes_the_eval_fields_and_scoring_enters_keys_only_when_not_generate():
-    from asft.config import layered_raw, parse_config
-    from asft.plan import build_plan
+    from asft.workflow.config import layered_raw, parse_config
+    from asft.workflow.plan import build_plan
 
     default = build_plan(parse_config(layered_raw([])))
     assert all("scoring" not in node.settings for node in default.nodes["eval"].values())
@@ -241,8 +241,8 @@ def test_paper_medical_protocol_fixes_the_eval_fields_and_scoring_enters_keys_on
 
 
 def test_paper_medical_preset_uses_the_upstream_protocol():
-    from asft.config import load_config
-    from asft.plan import build_plan
+    from asft.workflow.config import load_config
+    from asft.workflow.plan import build_plan
 
     cfg = load_config(ROOT / "config" / "paper_medical.yaml")
     assert cfg.eval.protocol == "paper_medical"
@@ -255,7 +255,7 @@ def test_paper_medical_preset_uses_the_upstream_protocol():
 def test_last_token_logits_is_the_same_with_left_right_or_no_padding(tiny_base):
     from transformers import AutoModelForCausalLM
 
-    from asft.generation import last_token_logits, pad_left
+    from asft.eval.generation import last_token_logits, pad_left
 
     model = AutoModelForCausalLM.from_pretrained(tiny_base).eval()
     prompts = [[49, 50, 43, 51, 52, 61], [55, 42, 56, 61], [57, 57, 45, 49, 48, 61, 33, 35]]
@@ -275,8 +275,8 @@ def test_last_token_logits_is_the_same_with_left_right_or_no_padding(tiny_base):
 def test_hf_next_token_top_is_batch_independent_and_tokenizes_with_special_tokens(tmp_path, tiny_base):
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from asft.generation import next_token_top_hf
-    from asft.models import build_model
+    from asft.eval.generation import next_token_top_hf
+    from asft.train.models import build_model
 
     with_bos = tmp_path / "bos_model"
     build_model({"source": "local", "path": str(save_without_pad_token(tiny_base, tmp_path / "bos", bos=True))},
@@ -322,7 +322,7 @@ def vllm_stand_in(calls: dict, top_ids: list[int], logprobs: list[float], text: 
 
 
 def test_vllm_choice_scoring_asks_for_one_token_and_ten_logprobs(monkeypatch, tmp_path, tiny_base):
-    from asft.evaluation import run_eval
+    from asft.eval.evaluation import run_eval
 
     calls: dict = {}
     # byte-level ids of the tiny tokenizer: 32 ' ', 65 'A', 66 'B', 98 'b', 120 'x'
@@ -356,7 +356,7 @@ def test_vllm_choice_scoring_asks_for_one_token_and_ten_logprobs(monkeypatch, tm
 def test_model_stage_adds_pad_with_mean_rows_and_never_writes_the_source(tmp_path, nopad_base):
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from asft.models import build_model
+    from asft.train.models import build_model
 
     assert AutoTokenizer.from_pretrained(nopad_base).pad_token_id is None
     before = folder_hashes(nopad_base)
@@ -385,7 +385,7 @@ def test_model_stage_adds_pad_with_mean_rows_and_never_writes_the_source(tmp_pat
 def test_untied_model_gets_mean_rows_in_both_embeddings_and_eos_policy_resizes_nothing(tmp_path, tiny_base):
     from transformers import AutoModelForCausalLM, AutoTokenizer, Qwen2Config, Qwen2ForCausalLM
 
-    from asft.models import fix_tokenizer
+    from asft.train.models import fix_tokenizer
 
     untied = tmp_path / "untied"
     torch.manual_seed(0)
@@ -418,11 +418,11 @@ def test_untied_model_gets_mean_rows_in_both_embeddings_and_eos_policy_resizes_n
 
 
 def test_stages_that_pad_say_clearly_when_the_pad_token_is_missing(nopad_base):
-    from asft.benchmarks import load_problems
-    from asft.evaluation import drift
-    from asft.generation import Sampling, generate_hf, next_token_top_hf
-    from asft.models import MissingPadTokenError
-    from asft.trainer import pad_collator
+    from asft.eval.benchmarks import load_problems
+    from asft.eval.evaluation import drift
+    from asft.eval.generation import Sampling, generate_hf, next_token_top_hf
+    from asft.train.models import MissingPadTokenError
+    from asft.train.trainer import pad_collator
 
     with pytest.raises(MissingPadTokenError, match="model.missing_pad_token"):
         pad_collator(None)
@@ -437,9 +437,9 @@ def test_stages_that_pad_say_clearly_when_the_pad_token_is_missing(nopad_base):
 def test_lora_on_the_resized_model_trains_merges_and_keeps_the_pad_row(tmp_path, nopad_base, tiny_dataset):
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from asft.merge import merge_adapter
-    from asft.models import build_model
-    from asft.trainer import train_run
+    from asft.train.merge import merge_adapter
+    from asft.train.models import build_model
+    from asft.train.trainer import train_run
     from tests.conftest import RUNTIME, train_settings
 
     base = tmp_path / "base"

@@ -12,8 +12,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from asft.config import layered_raw, load_config
-from asft.plan import build_plan
+from asft.workflow.config import layered_raw, load_config
+from asft.workflow.plan import build_plan
 
 ROOT = Path(__file__).resolve().parents[1]
 CONFIG = ROOT / "config"
@@ -44,7 +44,7 @@ def test_extends_equals_layering_by_hand():
 
 
 def test_extends_cycle_is_a_clear_error(tmp_path):
-    from asft.config import ConfigError
+    from asft.workflow.config import ConfigError
 
     (tmp_path / "a.yaml").write_text("extends: b.yaml\n")
     (tmp_path / "b.yaml").write_text("extends: a.yaml\n")
@@ -63,8 +63,8 @@ def test_paper_math_dry_run_offline(tmp_path):
 
 
 def test_paper_protocol_renders_the_exact_prompt_and_sampling():
-    from asft.benchmarks import load_problems
-    from asft.templates import eval_prompt
+    from asft.eval.benchmarks import load_problems
+    from asft.train.templates import eval_prompt
 
     node = next(n for n in build_plan(load_config(CONFIG / "paper_math.yaml")).nodes["eval"].values()
                 if n.settings["benchmark"]["name"] == "math_oai")
@@ -84,8 +84,8 @@ def test_paper_protocol_renders_the_exact_prompt_and_sampling():
 
 
 def test_avg_at_16_pass1_and_math_avg(tmp_path):
-    from asft.evaluation import score
-    from asft.table import aggregate
+    from asft.eval.evaluation import score
+    from asft.eval.table import aggregate
 
     per_bench = {"math_oai": 10, "minerva_math": 4, "olympiadbench": 2, "aime24": 0}  # correct samples of 16
     rows, dirs = [], {}
@@ -109,7 +109,7 @@ def test_avg_at_16_pass1_and_math_avg(tmp_path):
 
 
 def test_both_loss_normalisations_on_two_micro_batches():
-    from asft.losses import compute_loss
+    from asft.train.losses import compute_loss
 
     torch.manual_seed(0)
     logits = torch.randn(2, 6, 11)
@@ -131,7 +131,7 @@ def test_both_loss_normalisations_on_two_micro_batches():
 
 
 def test_a_benchmark_file_with_a_changed_byte_is_rejected(tmp_path, monkeypatch):
-    import asft.benchmarks as benchmarks
+    import asft.eval.benchmarks as benchmarks
 
     copy = tmp_path / "math_oai" / "test.jsonl"
     copy.parent.mkdir()
@@ -147,7 +147,7 @@ def test_a_benchmark_file_with_a_changed_byte_is_rejected(tmp_path, monkeypatch)
 
 
 def test_every_shipped_benchmark_matches_its_recorded_hash():
-    from asft.benchmarks import available_benchmarks, get_benchmark, load_problems
+    from asft.eval.benchmarks import available_benchmarks, get_benchmark, load_problems
 
     shipped = [name for name in available_benchmarks() if get_benchmark(name).path is not None]
     assert len(shipped) == 6
@@ -156,7 +156,7 @@ def test_every_shipped_benchmark_matches_its_recorded_hash():
 
 
 def test_published_column_and_delta(tmp_path):
-    from asft.table import aggregate, load_published
+    from asft.eval.table import aggregate, load_published
 
     rows, dirs = [], {}
     for mode, acc in (("base", 30.0), ("asft", 61.0)):
@@ -178,7 +178,7 @@ def test_published_column_and_delta(tmp_path):
 
 
 def test_unknown_published_table_is_a_config_error():
-    from asft.config import ConfigError, parse_config
+    from asft.workflow.config import ConfigError, parse_config
 
     raw = layered_raw([CONFIG / "paper_math.yaml"])
     raw["table"]["published"] = "nope"
@@ -187,9 +187,9 @@ def test_unknown_published_table_is_a_config_error():
 
 
 def test_plan_prints_the_cost_estimate():
-    from asft.cli import main
+    from asft.ops.cli import main
 
-    out = subprocess.run([sys.executable, "-m", "asft.cli", "plan", "--configfile", str(CONFIG / "paper_math.yaml"),
+    out = subprocess.run([sys.executable, "-m", "asft.ops.cli", "plan", "--configfile", str(CONFIG / "paper_math.yaml"),
                           "--results", "/nonexistent"], capture_output=True, text=True, check=True).stdout
     assert "model parameters: 7.62 B" in out and "GPU-hours" in out
     train = next(line for line in out.splitlines() if line.startswith("train"))
@@ -198,9 +198,9 @@ def test_plan_prints_the_cost_estimate():
 
 
 def test_paper_medical_preset_and_choice_benchmarks_from_local_copies(tmp_path):
-    from asft.benchmarks import load_problems
-    from asft.config import parse_config
-    from asft.grading import is_correct
+    from asft.eval.benchmarks import load_problems
+    from asft.workflow.config import parse_config
+    from asft.eval.grading import is_correct
 
     medqa = tmp_path / "medqa.jsonl"
     medqa.write_text(json.dumps({"question": "Which organ makes insulin?", "answer_idx": "B",

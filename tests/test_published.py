@@ -12,8 +12,8 @@ import pandas as pd
 import pytest
 import yaml
 
-from asft.config import load_config
-from asft.table import (
+from asft.workflow.config import load_config
+from asft.eval.table import (
     DIFFERS_FLAG,
     DIFFERS_MARK,
     PUBLISHED_FILE,

@@ -28,15 +28,15 @@ from types import SimpleNamespace
 
 import pytest
 
-from asft.artifacts import MANIFEST, Node, sha256_file, writing_artifact
-from asft.status import log_error, snakemake_events
-from asft.verify import run_verify, scan
+from asft.workflow.artifacts import MANIFEST, Node, sha256_file, writing_artifact
+from asft.ops.status import log_error, snakemake_events
+from asft.ops.verify import run_verify, scan
 from tests.conftest import RUNTIME, train_settings
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY = ROOT / "tests" / "configs" / "tiny.yaml"
 SNAKEMAKE = [sys.executable, "-m", "snakemake", "-s", str(ROOT / "Snakefile")]
-ASFT = [sys.executable, "-m", "asft.cli"]
+ASFT = [sys.executable, "-m", "asft.ops.cli"]
 LONG_TRAIN = "train: {max_steps: 60, save_steps: 20, logging_steps: 5}\n"
 LOCKED = "Directory cannot be locked"
 
@@ -293,7 +293,7 @@ def test_model_without_weights_and_dataset_without_its_column_fail_their_jobs_cl
 def test_benchmark_row_without_gold_answer_names_the_file_and_row(tmp_path, monkeypatch):
     """The file-benchmark loader on a doctored copy of GSM8K registered under a temporary name
     (with the copy's own sha256: the shipped files are checked against theirs)."""
-    import asft.benchmarks as benchmarks
+    import asft.eval.benchmarks as benchmarks
 
     original = benchmarks.get_benchmark("gsm8k")
     rows = [json.loads(line) for line in original.path.read_text().splitlines()[:5]]
@@ -322,9 +322,9 @@ def test_benchmark_row_without_gold_answer_names_the_file_and_row(tmp_path, monk
 
 def test_nan_loss_stops_training_naming_the_step_and_keeps_the_last_checkpoint(tmp_path, tiny_base, tiny_dataset,
                                                                              monkeypatch):
-    import asft.trainer as trainer
-    from asft.stages import checkpoint_dir, run_stage
-    from asft.trainer import NonFiniteLossError
+    import asft.train.trainer as trainer
+    from asft.workflow.jobs import checkpoint_dir, run_stage
+    from asft.train.trainer import NonFiniteLossError
 
     real = trainer.chunked_loss
     calls = []
@@ -441,8 +441,8 @@ def test_status_reads_failures_and_starts_from_the_logs(tmp_path):
 
     log = tmp_path / "train.log"
     log.write_text("[asft] train k {}\nTraceback (most recent call last):\n  File x\n"
-                   "asft.trainer.NonFiniteLossError: non-finite loss (nan) at step 3\n")
-    assert log_error(log) == "asft.trainer.NonFiniteLossError: non-finite loss (nan) at step 3"
+                   "asft.train.trainer.NonFiniteLossError: non-finite loss (nan) at step 3\n")
+    assert log_error(log) == "asft.train.trainer.NonFiniteLossError: non-finite loss (nan) at step 3"
     log.write_text(log.read_text() + "[asft] train k {}\n 40%|####      | 4/10\n")  # a later, killed attempt
     assert log_error(log) is None
     log.write_text("[asft] train k {}\n[asft] train k done\n")

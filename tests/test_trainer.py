@@ -13,7 +13,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from asft.trainer import train_run
+from asft.train.trainer import train_run
 from tests.conftest import RUNTIME, train_settings
 
 
@@ -80,7 +80,7 @@ def test_lora_reference_is_the_base_model(tiny_base):
     from peft import LoraConfig, get_peft_model
     from transformers import AutoModelForCausalLM
 
-    from asft.trainer import Reference
+    from asft.train.trainer import Reference
 
     base = AutoModelForCausalLM.from_pretrained(tiny_base).eval()
     policy = get_peft_model(AutoModelForCausalLM.from_pretrained(tiny_base),
@@ -98,7 +98,7 @@ def test_lora_reference_is_the_base_model(tiny_base):
 KILLED_RUN = """
 import sys, json
 from pathlib import Path
-from asft.trainer import train_run
+from asft.train.trainer import train_run
 settings, runtime, base, data, tmp = json.loads(sys.argv[1])
 train_run(settings, runtime, model_dir=Path(base), dataset_dir=Path(data), out_dir=Path(tmp) / "never",
           checkpoint_dir=Path(tmp) / "ckpt", progress=False)
@@ -145,7 +145,7 @@ def test_full_fine_tuning_uses_a_frozen_reference_copy(tmp_path, tiny_base, tiny
 
 
 def test_two_process_training_with_torchrun(tmp_path, tiny_base, tiny_dataset):
-    from asft.trainer import launch_distributed
+    from asft.train.trainer import launch_distributed
 
     out = tmp_path / "out"
     out.mkdir()
@@ -158,7 +158,7 @@ def test_two_process_training_with_torchrun(tmp_path, tiny_base, tiny_dataset):
 
 
 def test_a_partially_saved_checkpoint_is_not_resumed_from(tmp_path):
-    from asft.trainer import last_complete_checkpoint
+    from asft.train.trainer import last_complete_checkpoint
 
     assert last_complete_checkpoint(tmp_path / "missing") is None
     for step, complete in ((4, True), (8, True), (12, False)):  # killed while saving checkpoint-12

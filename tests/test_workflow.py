@@ -80,7 +80,7 @@ def test_end_to_end_tiny_run_produces_the_table(tiny_run):
     plan_rows = json.loads((keyed[0].parent / "plan.json").read_text())["rows"]
     assert len(plan_rows) == 9 and {r["mode"] for r in plan_rows} == {"base", "sft", "asft"}
     # Every artifact has a manifest whose file hashes match.
-    from asft.artifacts import file_hashes
+    from asft.workflow.artifacts import file_hashes
 
     manifests = list((tiny_run / "results").glob("*/*/manifest.json"))
     assert len(manifests) == 1 + 1 + 1 + 2 + 2 + 9

@@ -1,5 +1,5 @@
 """Snakemake entry point of the `aggregate` stage: the results table, chart and per-run rows."""
 
-from asft.stages import run_aggregate_from_snakemake
+from asft.workflow.jobs import run_aggregate_from_snakemake
 
 run_aggregate_from_snakemake(snakemake)  # noqa: F821  (injected by Snakemake)

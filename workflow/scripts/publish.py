@@ -1,5 +1,5 @@
 """Snakemake entry point of the `publish` rule: copy the keyed table to results/ under fixed names."""
 
-from asft.stages import publish_from_snakemake
+from asft.workflow.jobs import publish_from_snakemake
 
 publish_from_snakemake(snakemake)  # noqa: F821  (injected by Snakemake)

@@ -27,7 +27,7 @@ import torch.nn.functional as F
 from tqdm.auto import tqdm
 from transformers import PreTrainedTokenizerBase, Qwen2Config, Qwen2ForCausalLM
 
-from asft.grading import last_boxed
+from asft.eval.grading import last_boxed
 
 from .tasks import TASKS, Example, split
 from .tokenizer import build_tokenizer

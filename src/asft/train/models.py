@@ -15,7 +15,7 @@ space), copied otherwise. Then the tokenizer is fixed as the config asks (`model
 `model.missing_pad_token`: a tokenizer without a pad token gets '[PAD]' and mean-initialised
 embedding rows, as upstream train_v2.py does for Llama-2); rewritten files replace the linked ones
 by rename, so the source is never written to. The stage runs inside a temporary folder
-(asft.artifacts.writing_artifact), so a failed or interrupted download leaves nothing that looks complete.
+(asft.workflow.artifacts.writing_artifact), so a failed or interrupted download leaves nothing that looks complete.
 """
 
 from __future__ import annotations

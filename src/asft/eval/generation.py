@@ -47,7 +47,7 @@ def generate_hf(
     from tqdm.auto import tqdm
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from asft.models import require_pad_token_id
+    from asft.train.models import require_pad_token_id
 
     device = "cuda" if torch.cuda.is_available() else "cpu"
     tokenizer = AutoTokenizer.from_pretrained(model_dir, padding_side="left")
@@ -163,7 +163,7 @@ def next_token_top_hf(model_dir: Path, prompts: Sequence[str], *, top_k: int = T
     from tqdm.auto import tqdm
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from asft.models import require_pad_token_id
+    from asft.train.models import require_pad_token_id
 
     device = "cuda" if torch.cuda.is_available() else "cpu"
     tokenizer = AutoTokenizer.from_pretrained(model_dir)

@@ -82,7 +82,7 @@ def eval_prompt(template: str, question: str, tokenizer: Any = None) -> str:
 
 
 def problem_prompt(template: str, problem: Any, tokenizer: Any = None) -> str:
-    """The evaluation prompt of a benchmark problem (asft.benchmarks.Problem)."""
+    """The evaluation prompt of a benchmark problem (asft.eval.benchmarks.Problem)."""
     if template != CHOICE:
         return eval_prompt(template, problem.question, tokenizer)
     if problem.choices is None:

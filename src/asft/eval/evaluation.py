@@ -22,10 +22,10 @@ from typing import Any
 
 import torch
 
-from asft.benchmarks import Problem, file_provenance, load_problems
-from asft.generation import NextToken, Sampling, generate, next_token_top
-from asft.grading import extract_answer, grade_many
-from asft.templates import STOP_STRINGS, problem_prompt, training_prompt
+from asft.eval.benchmarks import Problem, file_provenance, load_problems
+from asft.eval.generation import NextToken, Sampling, generate, next_token_top
+from asft.eval.grading import extract_answer, grade_many
+from asft.train.templates import STOP_STRINGS, problem_prompt, training_prompt
 
 
 def score(correct: Sequence[Sequence[bool]]) -> dict[str, float]:
@@ -50,10 +50,10 @@ def drift(model_dir: Path, base_dir: Path, problems: Sequence[Problem], *, templ
     """
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from asft.chunked_loss import chunked_loss
-    from asft.data import IGNORE
-    from asft.models import require_pad_token_id
-    from asft.trainer import capture_hidden
+    from asft.train.chunked_loss import chunked_loss
+    from asft.train.data import IGNORE
+    from asft.train.models import require_pad_token_id
+    from asft.train.trainer import capture_hidden
 
     rows = [p for p in problems if p.solution][:max_problems]
     if not rows:

@@ -30,8 +30,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from asft.artifacts import MANIFEST
-from asft.verify import (
+from asft.workflow.artifacts import MANIFEST
+from asft.ops.verify import (
     STAGE_ORDER,
     TMP_RE,
     _checkpoints,
@@ -251,8 +251,8 @@ def lock_line(info: dict[str, Any]) -> str:
 
 def run_status(configfiles: list[str], results: Path, *, out=None) -> int:
     """The `asft status` command."""
-    from asft.config import load_config
-    from asft.plan import build_plan
+    from asft.workflow.config import load_config
+    from asft.workflow.plan import build_plan
 
     out = out or sys.stdout
     plan = build_plan(load_config(*configfiles))

@@ -1,6 +1,6 @@
-"""Private worker process for :mod:`asft.grading`: the symbolic (Math-Verify) comparison.
+"""Private worker process for :mod:`asft.eval.grading`: the symbolic (Math-Verify) comparison.
 
-Run only by ``asft.grading`` as a child process (loaded by file path, so importing it does not
+Run only by ``asft.eval.grading`` as a child process (loaded by file path, so importing it does not
 import the ``asft`` package or anything it pulls in). Nothing here is public API.
 
 Protocol (one JSON object per line on stdin, one line per answer on stdout):

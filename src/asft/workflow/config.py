@@ -15,7 +15,7 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-ROOT = Path(__file__).resolve().parents[2]
+ROOT = Path(__file__).resolve().parents[3]
 DEFAULT_CONFIG = ROOT / "config" / "config.yaml"
 
 
@@ -239,7 +239,7 @@ class TrainConfig(_Strict):
 class EvalConfig(_Strict):
     protocol: Literal["custom", "paper", "paper_medical", "fork_cot_greedy"] = Field(
         "custom", description="paper | paper_medical | fork_cot_greedy: a named preset of scoring, template, "
-        "n_samples, temperature, top_p and max_new_tokens (asft.protocols), which then override those fields; "
+        "n_samples, temperature, top_p and max_new_tokens (asft.eval.protocols), which then override those fields; "
         "custom: the fields below."
     )
     scoring: Literal["generate", "choice_logprobs"] = Field(
@@ -251,7 +251,7 @@ class EvalConfig(_Strict):
     backend: Literal["hf", "vllm"] = Field("hf", description="hf: batched generate (CPU/GPU); vllm: GPU.")
     benchmarks: list[str] = Field(
         default_factory=lambda: ["embedded_mul", "embedded_add", "embedded_sub"],
-        description="Registered benchmark names (asft.benchmarks).",
+        description="Registered benchmark names (asft.eval.benchmarks).",
     )
     template: Literal["plain", "alpaca", "chat", "cot", "choice"] = Field(
         "plain", description="Prompt format; choice: upstream's multiple-choice prompt "
@@ -326,7 +326,7 @@ class Config(_Strict):
     @field_validator("modes")
     @classmethod
     def _known_modes(cls, modes: list[str]) -> list[str]:
-        from asft.losses import available_modes
+        from asft.train.losses import available_modes
 
         if not modes:
             raise ValueError("modes: the list is empty; name at least one of " + ", ".join(available_modes()))
@@ -360,8 +360,8 @@ class Config(_Strict):
 
     @model_validator(mode="after")
     def _cross_checks(self) -> Config:
-        from asft.benchmarks import available_benchmarks
-        from asft.losses import get_mode
+        from asft.eval.benchmarks import available_benchmarks
+        from asft.train.losses import get_mode
 
         for bench in self.eval.benchmarks:
             if bench not in available_benchmarks():
@@ -375,7 +375,7 @@ class Config(_Strict):
                 if bench not in self.eval.benchmarks:
                     raise ValueError(f"table.{field}: '{bench}' is not in eval.benchmarks")
         if self.table.published:
-            from asft.table import PUBLISHED_FILE, load_published
+            from asft.eval.table import PUBLISHED_FILE, load_published
 
             known = yaml.safe_load(PUBLISHED_FILE.read_text()) or {}
             if self.table.published not in known:
@@ -412,8 +412,8 @@ class Config(_Strict):
 
 def _check_multiple_choice(ev: EvalConfig) -> None:
     """template `choice` and scoring `choice_logprobs` need benchmarks with options: say so before any job runs."""
-    from asft.benchmarks import available_benchmarks, get_benchmark
-    from asft.protocols import get_protocol
+    from asft.eval.benchmarks import available_benchmarks, get_benchmark
+    from asft.eval.protocols import get_protocol
 
     protocol = get_protocol(ev.protocol)
     template, scoring = (protocol.template, protocol.scoring) if protocol else (ev.template, ev.scoring)

@@ -23,10 +23,10 @@ from typing import Any
 
 import pandas as pd
 
-from asft.benchmarks import get_benchmark
+from asft.eval.benchmarks import get_benchmark
 
 GROUP_COLUMNS = ("train_set", "mode")
-PUBLISHED_FILE = Path(__file__).resolve().parents[2] / "config" / "published.yaml"
+PUBLISHED_FILE = Path(__file__).resolve().parents[3] / "config" / "published.yaml"
 
 
 #: The published rows' key for the average the source printed (compared with our `target` column).
@@ -82,7 +82,7 @@ def check_published_table(name: str, table: Any, path: Path = PUBLISHED_FILE) ->
     or average is caught on load, and a real discrepancy in the source must be declared with
     `avg_printed_differs: true` (the printed value is then kept and shown beside the mean of the cells).
     """
-    from asft.benchmarks import available_benchmarks
+    from asft.eval.benchmarks import available_benchmarks
 
     where = f"{path}: {name}"
     if not isinstance(table, Mapping):

@@ -9,7 +9,7 @@ samples (avg@16, `mean_acc`), with pass@1 of sample 0 and pass@16 beside it.
 `paper_medical` is upstream's medical evaluation (eval/medeval/vllm_medical_test.py) of MedQA,
 MMLU-medical and MedMCQA: the `choice` prompt `Question: ...\\n\\nOptions:\\nA. ...\\n\\nAnswer:`, no
 sampling: the answer is the option letter with the highest log-probability among the top-10 tokens
-at the first generated position (scoring `choice_logprobs`, asft.evaluation).
+at the first generated position (scoring `choice_logprobs`, asft.eval.evaluation).
 `custom` takes every field from the `eval` section of the config.
 A protocol's version enters the eval keys: bump it when its definition changes.
 """
@@ -30,7 +30,7 @@ class Protocol:
     top_p: float
     max_new_tokens: int
     description: str
-    scoring: str = "generate"  # or choice_logprobs (asft.config.EvalConfig.scoring)
+    scoring: str = "generate"  # or choice_logprobs (asft.workflow.config.EvalConfig.scoring)
 
     def eval_fields(self) -> dict:
         """The eval fields this protocol fixes (scoring included; plan.eval_settings keys it only when not

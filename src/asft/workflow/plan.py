@@ -1,7 +1,7 @@
 """The workflow plan: every stage run of a configuration, with its content key.
 
 `build_plan(config)` resolves each stage's settings (only what changes its result), hashes them
-with the keys of its inputs (asft.keys) and returns the nodes the Snakemake rules are made of.
+with the keys of its inputs (asft.workflow.keys) and returns the nodes the Snakemake rules are made of.
 Settings that do not change a result (chunk size, eval batch size, logging) travel as `runtime`
 and stay out of the key, so changing them re-runs nothing.
 """
@@ -14,13 +14,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from asft.artifacts import Node
-from asft.benchmarks import get_benchmark
-from asft.config import ROOT, Config, TrainSetConfig
-from asft.data import expected_sha256
-from asft.keys import KEY_LENGTH, canonical_json, stage_key
-from asft.losses import get_mode
-from asft.protocols import get_protocol
+from asft.workflow.artifacts import Node
+from asft.eval.benchmarks import get_benchmark
+from asft.workflow.config import ROOT, Config, TrainSetConfig
+from asft.train.data import expected_sha256
+from asft.workflow.keys import KEY_LENGTH, canonical_json, stage_key
+from asft.train.losses import get_mode
+from asft.eval.protocols import get_protocol
 
 BASE_LABEL = "base"
 
@@ -57,7 +57,7 @@ def data_settings(cfg: Config, train_set: TrainSetConfig) -> dict[str, Any]:
     fields = {"prompt_field": train_set.prompt_field, "response_field": train_set.response_field}
     sha256 = train_set.sha256.lower() if train_set.sha256 else None
     if train_set.source == "hub":
-        # The paper's files (asft.data.PAPER_FILES) are pinned by their published sha256 when the
+        # The paper's files (asft.train.data.PAPER_FILES) are pinned by their published sha256 when the
         # config gives none: the data stage checks it, and the key holds it.
         sha256 = sha256 or expected_sha256(train_set.repo, train_set.filename)
         return {
@@ -137,7 +137,7 @@ def eval_settings(cfg: Config, benchmark: str) -> dict[str, Any]:
     if benchmark.startswith("embedded_"):
         context["split_seed"] = cfg.model.embedded.split_seed
     if benchmark in ev.benchmark_files:
-        from asft.artifacts import sha256_file
+        from asft.workflow.artifacts import sha256_file
 
         local = Path(ev.benchmark_files[benchmark])
         if not local.is_file():

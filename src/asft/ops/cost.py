@@ -20,9 +20,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from asft.config import Config
-from asft.artifacts import Node
-from asft.plan import Plan
+from asft.workflow.config import Config
+from asft.workflow.artifacts import Node
+from asft.workflow.plan import Plan
 
 #: Parameter counts of common base models (from their published configs).
 KNOWN_PARAMS = {
@@ -79,7 +79,7 @@ def dataset_rows(data: dict[str, Any]) -> float:
         from asft.embedded.tasks import split
 
         return float(len(split(data["task"], data["split_seed"])[0]))
-    from asft.data import known_file
+    from asft.train.data import known_file
 
     entry = known_file(data.get("repo"), data.get("filename"))
     return float(entry.rows) if entry and entry.rows else 10000.0
@@ -96,7 +96,7 @@ def dataset_tokens(plan: Plan, train_node: Node, results: Path) -> tuple[float, 
         return float(exact["examples"]), float(exact["tokens"]), "exact (cached tokenize)"
     if data["source"] == "embedded":
         return rows, rows * 24.0, "embedded rows x 24 tokens"
-    from asft.data import known_file
+    from asft.train.data import known_file
 
     entry = known_file(data.get("repo"), data.get("filename"))
     if entry and entry.rows:
@@ -106,8 +106,8 @@ def dataset_tokens(plan: Plan, train_node: Node, results: Path) -> tuple[float, 
 
 def estimate(plan: Plan, results: Path, assumptions: Assumptions = Assumptions()) -> dict[str, Any]:
     """Per-stage jobs, cached jobs, tokens, FLOPs and GPU-hours of a plan."""
-    from asft.benchmarks import load_problems
-    from asft.losses import get_mode
+    from asft.eval.benchmarks import load_problems
+    from asft.train.losses import get_mode
 
     config = plan.config
     params = model_params(config)

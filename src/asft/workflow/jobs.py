@@ -2,7 +2,7 @@
 
 Each stage gets its node (settings, parents, runtime) and its input artifact folders, writes into
 a temporary folder, and the folder becomes `results/<stage>/<key>/` only when complete
-(asft.artifacts.writing_artifact). Logs go to the rule's log file, progress bars included.
+(asft.workflow.artifacts.writing_artifact). Logs go to the rule's log file, progress bars included.
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from asft.artifacts import Node, writing_artifact
+from asft.workflow.artifacts import Node, writing_artifact
 
 
 def weights_dir(artifact: Path) -> Path:
@@ -28,20 +28,20 @@ def weights_dir(artifact: Path) -> Path:
 def _model(node: Node, inputs: Mapping[str, Path], out: Path, threads: int) -> dict[str, Any]:
     import torch
 
-    from asft.models import build_model
+    from asft.train.models import build_model
 
     torch.set_num_threads(threads)
     return build_model(node.settings, out)
 
 
 def _data(node: Node, inputs: Mapping[str, Path], out: Path, threads: int) -> dict[str, Any]:
-    from asft.data import build_dataset
+    from asft.train.data import build_dataset
 
     return build_dataset(node.settings, out)
 
 
 def _tokenize(node: Node, inputs: Mapping[str, Path], out: Path, threads: int) -> dict[str, Any]:
-    from asft.data import tokenize_dataset
+    from asft.train.data import tokenize_dataset
 
     return tokenize_dataset(node.settings, inputs["data"], inputs["model"], out,
                             num_proc=int(node.runtime.get("num_proc", 1)))
@@ -53,7 +53,7 @@ def checkpoint_dir(final: Path) -> Path:
 
 
 def _train(node: Node, inputs: Mapping[str, Path], out: Path, threads: int, final: Path) -> dict[str, Any]:
-    from asft.trainer import launch_distributed, train_run
+    from asft.train.trainer import launch_distributed, train_run
 
     paths = {"model_dir": inputs["model"], "dataset_dir": inputs["tokenize"] / "dataset", "out_dir": out,
              "checkpoint_dir": checkpoint_dir(final), "threads": threads}
@@ -66,14 +66,14 @@ def _train(node: Node, inputs: Mapping[str, Path], out: Path, threads: int, fina
 def _merge(node: Node, inputs: Mapping[str, Path], out: Path, threads: int) -> dict[str, Any]:
     import torch
 
-    from asft.merge import merge_adapter
+    from asft.train.merge import merge_adapter
 
     torch.set_num_threads(threads)
     return merge_adapter(weights_dir(inputs["train"]), inputs["model"], out, dtype=node.settings["dtype"])
 
 
 def _eval(node: Node, inputs: Mapping[str, Path], out: Path, threads: int) -> dict[str, Any]:
-    from asft.evaluation import run_eval
+    from asft.eval.evaluation import run_eval
 
     base = weights_dir(inputs["base"]) if "base" in inputs else None
     return run_eval(node.settings, node.runtime, model_dir=weights_dir(inputs["model"]), out_dir=out,
@@ -97,7 +97,7 @@ def run_stage(node: Node, inputs: Mapping[str, Path], final: Path, *, threads: i
         (tmp / "stats.json").write_text(json.dumps(stats, indent=2, default=str) + "\n")
         extra["stats"] = stats
     if node.stage == "train":
-        from asft.trainer import remove_checkpoints
+        from asft.train.trainer import remove_checkpoints
 
         remove_checkpoints(checkpoint_dir(final))  # the run is complete: its resume point is no longer needed
     return stats
@@ -137,8 +137,8 @@ def run_from_snakemake(smk: Any) -> None:
     The node is rebuilt from the job's config and its key wildcard rather than passed as params,
     so settings outside the key (batch size, chunk size) never make Snakemake re-run a job.
     """
-    from asft.config import parse_config
-    from asft.plan import build_plan
+    from asft.workflow.config import parse_config
+    from asft.workflow.plan import build_plan
 
     node = build_plan(parse_config(smk.config)).node(RULE_STAGES.get(smk.rule, smk.rule), smk.wildcards.key)
     inputs = {role: Path(path).parent for role, path in smk.input.items() if str(path).endswith("manifest.json")}
@@ -157,7 +157,7 @@ def run_aggregate_from_snakemake(smk: Any) -> None:
     """The keyed table folder: table, per-run rows, chart, LaTeX, resolved config and plan."""
     import yaml
 
-    from asft.table import aggregate, load_published
+    from asft.eval.table import aggregate, load_published
 
     params, out = smk.params, smk.output
     with redirect_output(smk.log[0] if smk.log else None):

@@ -23,8 +23,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from asft.artifacts import sha256_file
-from asft.templates import training_prompt
+from asft.workflow.artifacts import sha256_file
+from asft.train.templates import training_prompt
 
 TRAIN_FILE = "train.jsonl"
 IGNORE = -100
@@ -136,7 +136,7 @@ def _hub_file(repo: str, filename: str, revision: str) -> Path:
     """A dataset repository file from the hub cache (downloaded into it when online)."""
     from huggingface_hub import hf_hub_download
 
-    from asft.models import hub_cache_dir, hub_failure, hub_offline
+    from asft.train.models import hub_cache_dir, hub_failure, hub_offline
 
     try:
         return Path(hf_hub_download(repo_id=repo, filename=filename, revision=revision, repo_type="dataset",

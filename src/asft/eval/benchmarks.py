@@ -18,10 +18,10 @@ from pathlib import Path
 from string import ascii_uppercase
 from typing import Any
 
-from asft.artifacts import sha256_file
-from asft.grading import last_boxed
+from asft.workflow.artifacts import sha256_file
+from asft.eval.grading import last_boxed
 
-DATA_DIR = Path(__file__).resolve().parents[2] / "data" / "benchmarks"
+DATA_DIR = Path(__file__).resolve().parents[3] / "data" / "benchmarks"
 QUESTION_FIELDS = ("question", "problem", "Question", "input")  # upstream parse_question order
 
 

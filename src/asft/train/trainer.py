@@ -1,7 +1,7 @@
 """The shared trainer: every training rule runs `train_run`, whatever the loss mode.
 
 `AnchoredTrainer` is a `transformers.Trainer` whose `compute_loss` calls the registered loss
-(asft.losses). It never branches on the mode's name: it asks the mode whether it needs the
+(asft.train.losses). It never branches on the mode's name: it asks the mode whether it needs the
 reference model and passes the reference's outputs along. The reference is the same model with
 its LoRA adapters disabled (`disable_adapter()`), or, for full fine-tuning, a frozen copy that
 DeepSpeed prepares like the policy (ZeRO-3 sharded, as TRL prepares DPO's reference).
@@ -23,9 +23,9 @@ import torch
 from torch import Tensor, nn
 from transformers import Trainer, TrainerCallback
 
-from asft.chunked_loss import chunked_loss
-from asft.config import NORMALIZE_ALIASES
-from asft.losses import LossOutput, compute_loss, get_mode
+from asft.train.chunked_loss import chunked_loss
+from asft.workflow.config import NORMALIZE_ALIASES
+from asft.train.losses import LossOutput, compute_loss, get_mode
 
 METRICS_FILE = "metrics.jsonl"
 NORMALIZATIONS = ("upstream", "microbatch_mean", "global_tokens")
@@ -43,7 +43,7 @@ class LossSpec:
     kl_weight: float = 0.0
     kl_direction: str = "ref_policy"
     hparams: Mapping[str, float] = field(default_factory=dict)
-    normalize: str = "microbatch_mean"  # or upstream, global_tokens (asft.config.LossConfig.normalize)
+    normalize: str = "microbatch_mean"  # or upstream, global_tokens (asft.workflow.config.LossConfig.normalize)
     implementation: str = "chunked"  # or full
     chunk_size: int = 256
 
@@ -189,7 +189,7 @@ class AnchoredTrainer(Trainer):
 def pad_collator(pad_id: int | None):
     """Right-pad input_ids with pad_id, labels with -100; attention mask marks real tokens."""
     if pad_id is None:  # torch.full would fail later with "fill_value must be Number"
-        from asft.models import MissingPadTokenError
+        from asft.train.models import MissingPadTokenError
 
         raise MissingPadTokenError(
             "training: the tokenizer has no pad token, so batches cannot be padded; the model stage gives it one "
@@ -415,7 +415,7 @@ def launch_distributed(settings: Mapping[str, Any], runtime: Mapping[str, Any], 
         "threads": threads, "stats_file": str(stats_file),
     }))
     command = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={num_processes}",
-               "-m", "asft.trainer", str(spec)]
+               "-m", "asft.train.trainer", str(spec)]
     print("[asft] launching:", " ".join(command), flush=True)
     subprocess.run(command, check=True)
     return json.loads(stats_file.read_text())
@@ -477,7 +477,7 @@ def remove_checkpoints(checkpoint_dir: Path) -> None:
     shutil.rmtree(checkpoint_dir, ignore_errors=True)
 
 
-if __name__ == "__main__":  # a torchrun worker: python -m asft.trainer <launch.json>
+if __name__ == "__main__":  # a torchrun worker: python -m asft.train.trainer <launch.json>
     import sys
 
     _distributed_worker(sys.argv[1])

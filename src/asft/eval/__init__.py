@@ -1,0 +1,1 @@
+"""The evaluation side: benchmarks, protocols, generation, multiple-choice scoring, grading, the table."""

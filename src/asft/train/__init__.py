@@ -1,0 +1,1 @@
+"""The training side: base model, data, tokenisation, loss modes, the shared trainer and the LoRA merge."""

@@ -1,0 +1,1 @@
+"""Configuration, the stage table, content keys, the plan and artifact folders (no torch)."""
