@@ -1,6 +1,6 @@
 # ASFT reference workflow: download -> tokenize -> train(mode, seed) -> merge -> eval -> aggregate.
 # Every artifact lives at results/<stage>/<key>/, where key hashes the stage's resolved settings,
-# its semantic version and its inputs' keys (see src/asft/keys.py and src/asft/plan.py).
+# its semantic version and its inputs' keys (see src/asft/workflow/keys.py and src/asft/workflow/plan.py).
 from snakemake.utils import min_version
 
 min_version("9.0")
