@@ -134,3 +134,18 @@ def test_stable_api_names_keep_working():
     assert asft.chunked_loss.chunked_loss is chunked_loss.chunked_loss
     assert asft.grading.is_correct is grading.is_correct
     assert asft.grading.is_correct(r"so \boxed{4}", "4")
+
+
+def test_parsing_the_workflow_imports_no_torch():
+    """The Snakefile imports the config and the plan at parse time: no torch, pandas or grader there,
+    so `snakemake -n` and every job's start stay fast."""
+    import subprocess
+    import sys
+
+    heavy = ["torch", "pandas", "transformers", "datasets", "matplotlib", "sympy", "asft.eval.grading"]
+    probe = ("import sys, asft.workflow.config, asft.workflow.plan, asft.workflow.stages\n"
+             "from asft.workflow.config import load_config\nfrom asft.workflow.plan import build_plan\n"
+             "build_plan(load_config())\n"
+             f"print([m for m in {heavy!r} if m in sys.modules])")
+    out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "[]"

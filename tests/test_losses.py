@@ -15,7 +15,7 @@ import torch.nn.functional as F
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from asft.train import losses
+from asft.train import losses, modes
 from asft.train.chunked_loss import chunked_loss
 from asft.train.losses import available_modes, compute_loss, get_mode, register_mode
 
@@ -275,8 +275,8 @@ def test_register_new_mode_and_hparams():
         with pytest.raises(TypeError, match="default"):
             register_mode("test-bad")(lambda stats, *, x: stats.ce)
     finally:
-        losses._MODES.pop("test-half", None)
-        losses._MODES.pop("test-bad", None)
+        modes._MODES.pop("test-half", None)
+        modes._MODES.pop("test-bad", None)
 
 
 def test_argument_errors_name_the_argument():

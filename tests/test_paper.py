@@ -156,7 +156,8 @@ def test_every_shipped_benchmark_matches_its_recorded_hash():
 
 
 def test_published_column_and_delta(tmp_path):
-    from asft.eval.table import aggregate, load_published
+    from asft.eval.published import load_published
+    from asft.eval.table import aggregate
 
     rows, dirs = [], {}
     for mode, acc in (("base", 30.0), ("asft", 61.0)):

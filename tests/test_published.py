@@ -13,16 +13,15 @@ import pytest
 import yaml
 
 from asft.workflow.config import load_config
-from asft.eval.table import (
+from asft.eval.published import (
     DIFFERS_FLAG,
-    DIFFERS_MARK,
     PUBLISHED_FILE,
-    aggregate,
     check_published_table,
     load_published,
     published_cell_mean,
     read_published_file,
 )
+from asft.eval.table import DIFFERS_MARK, aggregate
 
 ROOT = Path(__file__).resolve().parents[1]
 CONFIG = ROOT / "config"

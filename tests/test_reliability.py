@@ -28,7 +28,8 @@ from types import SimpleNamespace
 
 import pytest
 
-from asft.workflow.artifacts import MANIFEST, Node, sha256_file, writing_artifact
+from asft.core.files import sha256_file
+from asft.workflow.artifacts import MANIFEST, Node, writing_artifact
 from asft.ops.status import log_error, snakemake_events
 from asft.ops.verify import run_verify, scan
 from tests.conftest import RUNTIME, train_settings

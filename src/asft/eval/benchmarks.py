@@ -18,8 +18,7 @@ from pathlib import Path
 from string import ascii_uppercase
 from typing import Any
 
-from asft.workflow.artifacts import sha256_file
-from asft.eval.grading import last_boxed
+from asft.core.files import sha256_file
 
 DATA_DIR = Path(__file__).resolve().parents[3] / "data" / "benchmarks"
 QUESTION_FIELDS = ("question", "problem", "Question", "input")  # upstream parse_question order
@@ -169,6 +168,12 @@ def _olympiad_gold(row: dict) -> str | None:
     return answers[0].strip("$").strip() if answers else None
 
 
+def _minerva_gold(row: dict) -> str | None:
+    from asft.eval.grading import last_boxed  # the grader is heavy; only this benchmark's loader needs it
+
+    return last_boxed(row.get("solution", ""))
+
+
 def _str_field(key: str) -> Callable[[dict], str | None]:
     return lambda row: None if row.get(key) is None else str(row[key])
 
@@ -176,7 +181,7 @@ def _str_field(key: str) -> Callable[[dict], str | None]:
 for _args in (
     ("math_oai", "MATH-500", "a239272930e5202bf1d5275f7fa475a56687c775a61f1354a6d3371bf9dd7a94", _str_field("answer"), "solution"),
     ("gsm8k", "GSM8K", "9f098df7ff4522078d6ccec27a5c38a454790fdb51131bedfaa0e490070d5394", _gsm8k_gold, None),
-    ("minerva_math", "Minerva", "0e656b430d3a0a1dab6aa853f453ba3805e28e2cabe4fc72486a897cc09d8ba2", lambda r: last_boxed(r.get("solution", "")), "solution"),
+    ("minerva_math", "Minerva", "0e656b430d3a0a1dab6aa853f453ba3805e28e2cabe4fc72486a897cc09d8ba2", _minerva_gold, "solution"),
     ("olympiadbench", "Olympiad", "bb8c1e38a16ea9eacb77530315a674d883f267fbff79183effc53681b4fcc416", _olympiad_gold, "solution"),
     ("aime24", "AIME24", "af2b8bd2aa911b6333ad0df32f3ca05c7ae8ed10f1731f4372c8ae26990bf7ac", _str_field("answer"), "solution"),
     ("amc23", "AMC23", "43707e1ca784602d8479de24ee8ce36609dbebc46dd152b0b12a46611aa898a4", _amc_gold, None),

@@ -107,7 +107,7 @@ def dataset_tokens(plan: Plan, train_node: Node, results: Path) -> tuple[float, 
 def estimate(plan: Plan, results: Path, assumptions: Assumptions = Assumptions()) -> dict[str, Any]:
     """Per-stage jobs, cached jobs, tokens, FLOPs and GPU-hours of a plan."""
     from asft.eval.benchmarks import load_problems
-    from asft.train.losses import get_mode
+    from asft.train.modes import get_mode
 
     config = plan.config
     params = model_params(config)

@@ -56,7 +56,8 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
-from asft.workflow.artifacts import MANIFEST, sha256_file
+from asft.core.files import sha256_file
+from asft.workflow.artifacts import MANIFEST
 
 #: The artifact stages, in pipeline order (the folders under results/).
 STAGE_ORDER = ("model", "data", "tokenize", "train", "merge", "eval")

@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from asft.workflow.artifacts import sha256_file
+from asft.core.files import sha256_file
 from asft.train.templates import training_prompt
 
 TRAIN_FILE = "train.jsonl"

@@ -8,7 +8,6 @@ A killed job leaves at most a `.tmp-*` folder that nothing reads and the next ru
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import shutil
@@ -22,16 +21,10 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
+from asft.core.files import sha256_file
+
 MANIFEST = "manifest.json"
 TRACKED_PACKAGES = ("asft", "torch", "transformers", "peft", "trl", "datasets", "tokenizers", "math-verify", "vllm", "deepspeed")
-
-
-def sha256_file(path: Path, chunk: int = 1 << 20) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        while block := handle.read(chunk):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def package_versions() -> dict[str, str]:

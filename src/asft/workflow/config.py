@@ -326,7 +326,7 @@ class Config(_Strict):
     @field_validator("modes")
     @classmethod
     def _known_modes(cls, modes: list[str]) -> list[str]:
-        from asft.train.losses import available_modes
+        from asft.train.modes import available_modes
 
         if not modes:
             raise ValueError("modes: the list is empty; name at least one of " + ", ".join(available_modes()))
@@ -361,7 +361,7 @@ class Config(_Strict):
     @model_validator(mode="after")
     def _cross_checks(self) -> Config:
         from asft.eval.benchmarks import available_benchmarks
-        from asft.train.losses import get_mode
+        from asft.train.modes import get_mode
 
         for bench in self.eval.benchmarks:
             if bench not in available_benchmarks():
@@ -375,7 +375,7 @@ class Config(_Strict):
                 if bench not in self.eval.benchmarks:
                     raise ValueError(f"table.{field}: '{bench}' is not in eval.benchmarks")
         if self.table.published:
-            from asft.eval.table import PUBLISHED_FILE, load_published
+            from asft.eval.published import PUBLISHED_FILE, load_published
 
             known = yaml.safe_load(PUBLISHED_FILE.read_text()) or {}
             if self.table.published not in known:

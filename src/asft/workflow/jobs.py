@@ -157,7 +157,8 @@ def run_aggregate_from_snakemake(smk: Any) -> None:
     """The keyed table folder: table, per-run rows, chart, LaTeX, resolved config and plan."""
     import yaml
 
-    from asft.eval.table import aggregate, load_published
+    from asft.eval.published import load_published
+    from asft.eval.table import aggregate
 
     params, out = smk.params, smk.output
     with redirect_output(smk.log[0] if smk.log else None):

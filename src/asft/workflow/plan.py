@@ -19,7 +19,7 @@ from asft.eval.benchmarks import get_benchmark
 from asft.workflow.config import ROOT, Config, TrainSetConfig
 from asft.train.data import expected_sha256
 from asft.workflow.keys import KEY_LENGTH, canonical_json, stage_key
-from asft.train.losses import get_mode
+from asft.train.modes import get_mode
 from asft.eval.protocols import get_protocol
 
 BASE_LABEL = "base"
@@ -137,7 +137,7 @@ def eval_settings(cfg: Config, benchmark: str) -> dict[str, Any]:
     if benchmark.startswith("embedded_"):
         context["split_seed"] = cfg.model.embedded.split_seed
     if benchmark in ev.benchmark_files:
-        from asft.workflow.artifacts import sha256_file
+        from asft.core.files import sha256_file
 
         local = Path(ev.benchmark_files[benchmark])
         if not local.is_file():
