@@ -18,7 +18,8 @@ import torch
 
 
 def cpu_bench(args: argparse.Namespace) -> None:
-    from asft.embedded.pretrain import EmbeddedBaseSpec, pretrain
+    from asft.embedded.pretrain import pretrain
+    from asft.embedded.spec import EmbeddedBaseSpec
     from asft.embedded.tasks import split
     from asft.eval.generation import Sampling, generate_hf
     from asft.eval.grading import grade_many

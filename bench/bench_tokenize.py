@@ -102,12 +102,13 @@ def _cpu_seconds() -> float:
 def run_once(data_dir: Path, model_dir: Path, num_proc: int, max_length: int) -> tuple[float, float, dict]:
     """Wall seconds, CPU seconds and stats of one tokenize stage."""
     from asft.train.data import tokenize_dataset
+    from asft.train.settings import TokenizeSettings
 
     out = Path(tempfile.mkdtemp(prefix="bench-tok-"))
     try:
         cpu, started = _cpu_seconds(), time.perf_counter()
-        stats = tokenize_dataset({"template": "alpaca", "max_length": max_length, "overlong": "truncate"},
-                                 data_dir, model_dir, out, num_proc=num_proc)
+        stats = tokenize_dataset(TokenizeSettings(template="alpaca", max_length=max_length), data_dir, model_dir,
+                                 out, num_proc=num_proc)
         return time.perf_counter() - started, _cpu_seconds() - cpu, stats
     finally:
         shutil.rmtree(out, ignore_errors=True)

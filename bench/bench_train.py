@@ -22,18 +22,17 @@ import json, resource, sys, time
 from pathlib import Path
 import torch
 torch.set_num_threads(1)
+from asft.train.settings import LoraSettings, TrainRuntime, TrainSettings
 from asft.train.trainer import train_run
 args = json.loads(sys.argv[1])
-settings = {
-    "mode": args["mode"], "hparams": {}, "kl_weight": 0.05 if args["mode"] in ("asft", "sft+kl") else 0.0,
-    "kl_direction": "ref_policy", "normalize": "microbatch_tokens", "seed": 0, "method": "lora",
-    "lora": {"r": 8, "alpha": 16, "dropout": 0.0,
-             "target_modules": ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]},
-    "max_steps": args["steps"], "epochs": None, "global_batch_size": args["batch"],
-    "per_device_batch_size": args["batch"], "lr": 4e-3, "lr_scheduler": "cosine", "warmup_steps": 0,
-    "weight_decay": 0.0, "adam_betas": [0.9, 0.999], "max_grad_norm": 1.0, "precision": "fp32",
-}
-runtime = {"implementation": args["impl"], "chunk_size": 256, "save_steps": 10**6, "logging_steps": 10**6}
+settings = TrainSettings.for_mode(
+    args["mode"], kl_weight=0.05, kl_direction="ref_policy", hparams={}, seed=0, method="lora",
+    lora=LoraSettings(r=8, alpha=16, dropout=0.0,
+                      target_modules=["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]),
+    max_steps=args["steps"], global_batch_size=args["batch"], per_device_batch_size=args["batch"], lr=4e-3,
+    lr_scheduler="cosine", warmup_steps=0, precision="fp32",
+)
+runtime = TrainRuntime(implementation=args["impl"], chunk_size=256, save_steps=10**6, logging_steps=10**6)
 out = Path(args["out"])
 stats = train_run(settings, runtime, model_dir=Path(args["model"]), dataset_dir=Path(args["dataset"]),
                   out_dir=out, checkpoint_dir=out / "ckpt", progress=False)
@@ -46,7 +45,9 @@ def build_inputs(tmp: Path, args: argparse.Namespace) -> tuple[Path, Path]:
     import torch
 
     from asft.train.data import build_dataset, tokenize_dataset
-    from asft.embedded.pretrain import EmbeddedBaseSpec, build_model
+    from asft.train.settings import EmbeddedData, TokenizeSettings
+    from asft.embedded.pretrain import init_model
+    from asft.embedded.spec import EmbeddedBaseSpec
     from asft.embedded.tokenizer import build_tokenizer
 
     model_dir, data_dir, tok_dir = tmp / "model", tmp / "data", tmp / "tok"
@@ -54,15 +55,14 @@ def build_inputs(tmp: Path, args: argparse.Namespace) -> tuple[Path, Path]:
         folder.mkdir()
     tokenizer = build_tokenizer()
     spec = EmbeddedBaseSpec(hidden_size=args.hidden, num_layers=args.layers, intermediate_size=4 * args.hidden)
-    model = build_model(spec, tokenizer)
+    model = init_model(spec, tokenizer)
     if args.vocab != len(tokenizer):
         model.resize_token_embeddings(args.vocab)  # Qwen-size head, same tokens
     torch.manual_seed(0)
     model.save_pretrained(model_dir)
     tokenizer.save_pretrained(model_dir)
-    build_dataset({"source": "embedded", "task": "mul", "split_seed": 0, "size": None, "subsample_seed": None},
-                  data_dir)
-    tokenize_dataset({"template": "plain", "max_length": 64, "overlong": "truncate"}, data_dir, model_dir, tok_dir)
+    build_dataset(EmbeddedData(task="mul", split_seed=0), data_dir)
+    tokenize_dataset(TokenizeSettings(template="plain", max_length=64), data_dir, model_dir, tok_dir)
     return model_dir, tok_dir / "dataset"
 
 

@@ -4,7 +4,7 @@ from snakemake.exceptions import WorkflowError
 from snakemake.utils import validate
 
 from asft.workflow.config import ConfigError, layered_raw, parse_config
-from asft.workflow.plan import build_plan
+from asft.workflow.plan import build_plan, write_node_files
 
 try:
     # Presets may `extends:` others; rebuild the config from the files given, in order.
@@ -16,6 +16,8 @@ config.clear()
 config.update(CFG.model_dump(mode="json"))
 validate(config, schema="../config/schema.yaml", set_default=False)
 PLAN = build_plan(CFG)
+# Each job reads its own node (typed settings, parents, runtime) from here instead of re-parsing the config.
+write_node_files(PLAN)
 RES = CFG.resources
 
 

@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-import dataclasses
 from pathlib import Path
 
 import pytest
 import yaml
 
-from asft.workflow.config import ConfigError, EmbeddedSpecModel, json_schema, load_config, parse_config
+from asft.workflow.config import ConfigError, ModelConfig, json_schema, load_config, parse_config
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -71,12 +70,13 @@ def test_json_schema_rejects_what_the_models_reject():
     assert any("lerning_rate" in e.message for e in validator.iter_errors(bad))
 
 
-def test_embedded_spec_fields_match_the_pretrain_dataclass():
-    from asft.embedded.pretrain import EmbeddedBaseSpec
+def test_the_config_and_pretraining_share_one_embedded_spec():
+    from asft.embedded.spec import EmbeddedBaseSpec
 
-    assert set(EmbeddedSpecModel.model_fields) == {f.name for f in dataclasses.fields(EmbeddedBaseSpec)}
-    spec = EmbeddedSpecModel().to_spec()
-    assert spec.hidden_size == 128
+    assert ModelConfig.model_fields["embedded"].annotation is EmbeddedBaseSpec
+    assert load_config().model.embedded == EmbeddedBaseSpec()
+    with pytest.raises(ConfigError, match="model.embedded: .*num_heads"):
+        parse_config({"model": {"embedded": {"num_heads": 3}}})
 
 
 def test_presets_layer_like_snakemake(tmp_path):

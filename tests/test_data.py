@@ -19,10 +19,11 @@ from pathlib import Path
 import pytest
 import yaml
 
+from asft.train.settings import LocalData, TokenizeSettings
 from asft.workflow.artifacts import MANIFEST, Node
 from asft.workflow.config import deep_merge, load_config, parse_config
 from asft.train.data import (
-    IGNORE,
+    IGNORE_INDEX,
     PAPER_FILES,
     build_dataset,
     check_sha256,
@@ -133,7 +134,7 @@ def test_local_model_folder_and_local_file_end_to_end(tmp_path, model_folder, to
     import torch
     from transformers import AutoModelForCausalLM
 
-    from asft.train.trainer import pad_collator
+    from asft.train.data import pad_collator
 
     write_jsonl(tmp_path / "toy.jsonl", toy_rows(50))
     raw = config_with(
@@ -224,11 +225,10 @@ def test_local_mirror_folder_with_filename(tmp_path):
     write_jsonl(mirror / "set.jsonl", toy_rows(12, "instruction", "response"))
     out = tmp_path / "out"
     out.mkdir()
-    stats = build_dataset({"source": "local", "path": str(mirror), "filename": "set.jsonl", "sha256": None,
-                           "size": None, "subsample_seed": None}, out)
+    stats = build_dataset(LocalData(path=str(mirror), filename="set.jsonl"), out)
     assert stats["rows"] == 12 and (out / "train.jsonl").is_file()
     with pytest.raises(FileNotFoundError, match="is a folder: set train_sets"):
-        build_dataset({"source": "local", "path": str(mirror), "sha256": None}, tmp_path / "x")
+        build_dataset(LocalData(path=str(mirror)), tmp_path / "x")
 
 
 # --- checks with clear errors ---------------------------------------------------------------------
@@ -238,7 +238,7 @@ def test_paper_files_are_pinned_in_the_key_and_checked(tmp_path, hf_home):
     raw = config_with(train_sets=[{"name": "numina_cot_10k", "source": "hub", "repo": "chichi56/ASFT",
                                    "filename": "numina_cot_10k.jsonl"}])
     node = only_node(raw, "data")
-    assert node.settings["sha256"] == entry.sha256
+    assert node.settings.sha256 == entry.sha256
     assert {f.filename for f in PAPER_FILES.values()} == {
         "numina_cot_10k.jsonl", "numina_cot_30k.jsonl", "numina_cot_100k.jsonl",
         "train_medmcqa_alpaca_10k.jsonl", "magpie10k.jsonl"}
@@ -324,7 +324,7 @@ def test_missing_column_names_the_file_and_the_column(tmp_path):
     rows[3]["response"] = None
     write_jsonl(tmp_path / "null.jsonl", rows)
     with pytest.raises(ValueError, match=r"null.jsonl: row 3 \(counting from 0\): column 'response' is NoneType"):
-        build_dataset({"source": "local", "path": str(tmp_path / "null.jsonl")}, tmp_path)
+        build_dataset(LocalData(path=str(tmp_path / "null.jsonl")), tmp_path)
     # The tokenize stage checks the data stage's file again before any work.
     (tmp_path / "stage").mkdir()
     write_jsonl(tmp_path / "stage" / "train.jsonl", [{"instruction": "a"}])
@@ -335,8 +335,7 @@ def test_missing_column_names_the_file_and_the_column(tmp_path):
 def test_size_larger_than_the_file_names_it(tmp_path):
     write_jsonl(tmp_path / "small.jsonl", toy_rows(7, "instruction", "response"))
     with pytest.raises(ValueError, match=r"small.jsonl: train_sets\[\].size is 20 but the file has only 7 rows"):
-        build_dataset({"source": "local", "path": str(tmp_path / "small.jsonl"), "size": 20, "subsample_seed": 0},
-                      tmp_path)
+        build_dataset(LocalData(path=str(tmp_path / "small.jsonl"), size=20, subsample_seed=0), tmp_path)
 
 
 def test_subsample_size_and_seed_are_in_the_key_and_deterministic(tmp_path):
@@ -346,7 +345,7 @@ def test_subsample_size_and_seed_are_in_the_key_and_deterministic(tmp_path):
 
     whole, size10, size10_seed1 = data_key(), data_key(size=10), data_key(size=10, subsample_seed=1)
     assert len({whole.key, size10.key, size10_seed1.key}) == 3
-    assert size10.settings["size"] == 10 and size10_seed1.settings["subsample_seed"] == 1
+    assert size10.settings.size == 10 and size10_seed1.settings.subsample_seed == 1
     assert whole.key == data_key(subsample_seed=5).key  # the seed matters only when subsampling
     write_jsonl(tmp_path / "toy.jsonl", toy_rows(40, "instruction", "response"))
     picks = []
@@ -363,13 +362,13 @@ def test_subsample_size_and_seed_are_in_the_key_and_deterministic(tmp_path):
 def test_masks_are_exact_for_every_template(tmp_path, model_folder, tokenizer, template):
     from datasets import load_from_disk
 
-    from asft.train.trainer import pad_collator
+    from asft.train.data import pad_collator
 
     rows = [{"instruction": f"Compute {i} * 3.", "response": f"{i} * 3 = {3 * i}" + " more" * (i % 4)}
             for i in range(6)]
     (tmp_path / "data").mkdir()
     write_jsonl(tmp_path / "data" / "train.jsonl", rows)
-    stats = tokenize_dataset({"template": template, "max_length": 512, "overlong": "truncate"}, tmp_path / "data",
+    stats = tokenize_dataset(TokenizeSettings(template=template, max_length=512), tmp_path / "data",
                              model_folder, tmp_path / "out")
     assert stats["examples"] == 6 and stats["dropped"] == 0
     dataset = load_from_disk(str(tmp_path / "out" / "dataset"))
@@ -378,7 +377,7 @@ def test_masks_are_exact_for_every_template(tmp_path, model_folder, tokenizer, t
     for row, example in zip(rows, dataset):
         ids, labels = example["input_ids"], example["labels"]
         prompt = tokenizer(training_prompt(template, row["instruction"], tokenizer), add_special_tokens=False)["input_ids"]
-        assert ids[: len(prompt)] == prompt and labels[: len(prompt)] == [IGNORE] * len(prompt)
+        assert ids[: len(prompt)] == prompt and labels[: len(prompt)] == [IGNORE_INDEX] * len(prompt)
         assert labels[len(prompt):] == ids[len(prompt):]  # every response token is a label, eos included
         assert ids[-1] == tokenizer.eos_token_id
         assert tokenizer.decode(ids[len(prompt):]) == row["response"] + end_of_turn + eos
@@ -391,7 +390,7 @@ def test_masks_are_exact_for_every_template(tmp_path, model_folder, tokenizer, t
         assert batch["input_ids"][row, :n].tolist() == example["input_ids"]
         assert batch["labels"][row, :n].tolist() == example["labels"]
         assert batch["attention_mask"][row].tolist() == [1] * n + [0] * (width - n)
-        assert batch["labels"][row, n:].tolist() == [IGNORE] * (width - n)
+        assert batch["labels"][row, n:].tolist() == [IGNORE_INDEX] * (width - n)
         assert batch["input_ids"][row, n:].tolist() == [tokenizer.pad_token_id] * (width - n)
 
 
@@ -409,7 +408,7 @@ def test_a_tokenizer_that_adds_bos_keeps_it_masked(tmp_path):
     llama_like = PreTrainedTokenizerFast(tokenizer_object=backend, bos_token="<s>", eos_token="</s>", pad_token="</s>")
     out = encode_batch(["Q"], ["A"], llama_like, template="plain", max_length=64, overlong="truncate")
     assert out["input_ids"][0] == [256, ord("Q"), ord("A"), 257]
-    assert out["labels"][0] == [IGNORE, IGNORE, ord("A"), 257]
+    assert out["labels"][0] == [IGNORE_INDEX, IGNORE_INDEX, ord("A"), 257]
 
 
 def test_upstream_boundary_masks_a_token_merged_across_the_boundary(tmp_path, model_folder):
@@ -425,17 +424,18 @@ def test_upstream_boundary_masks_a_token_merged_across_the_boundary(tmp_path, mo
     options = {"template": "plain", "max_length": 64, "overlong": "truncate"}
     exact = encode_batch(["Q:"], ["To"], merged, **options)
     upstream = encode_batch(["Q:"], ["To"], merged, **options, prompt_boundary="upstream")
-    assert (exact["input_ids"][0], exact["labels"][0]) == ([81, 58, 84, 111, 257], [IGNORE, IGNORE, 84, 111, 257])
-    assert (upstream["input_ids"][0], upstream["labels"][0]) == ([81, 256, 111, 257], [IGNORE, IGNORE, 111, 257])
+    assert (exact["input_ids"][0], exact["labels"][0]) == ([81, 58, 84, 111, 257], [IGNORE_INDEX, IGNORE_INDEX, 84, 111, 257])
+    assert (upstream["input_ids"][0], upstream["labels"][0]) == ([81, 256, 111, 257], [IGNORE_INDEX, IGNORE_INDEX, 111, 257])
     # Without such a merge (the embedded tokenizer: one token per byte) both give the same examples,
     # and the option enters the tokenize key only when it is not the default.
     (tmp_path / "data").mkdir()
     write_jsonl(tmp_path / "data" / "train.jsonl", toy_rows(8, "instruction", "response"))
-    results = [tokenize_dataset({**options, "max_length": 256, "prompt_boundary": boundary}, tmp_path / "data",
+    results = [tokenize_dataset(TokenizeSettings(**{**options, "max_length": 256, "prompt_boundary": boundary}),
+                                tmp_path / "data",
                                 model_folder, tmp_path / boundary) for boundary in ("exact", "upstream")]
     assert results[0]["tokens"] == results[1]["tokens"] and results[0]["response_tokens"] == results[1]["response_tokens"]
     default = only_node(config_with(), "tokenize")
-    assert "prompt_boundary" not in default.settings
+    assert "prompt_boundary" not in default.settings.key_payload()
     assert only_node(config_with(tokenize={"prompt_boundary": "upstream"}), "tokenize").key != default.key
 
 
@@ -446,7 +446,7 @@ def test_chat_template_is_required_for_template_chat(tmp_path, tokenizer):
     (tmp_path / "data").mkdir()
     write_jsonl(tmp_path / "data" / "train.jsonl", [{"instruction": "a", "response": "b"}])
     with pytest.raises(ValueError, match="no chat template"):
-        tokenize_dataset({"template": "chat", "max_length": 64, "overlong": "truncate"}, tmp_path / "data", folder,
+        tokenize_dataset(TokenizeSettings(template="chat", max_length=64), tmp_path / "data", folder,
                          tmp_path / "out")
 
 
@@ -460,7 +460,7 @@ def test_overlong_examples_truncated_or_dropped_and_counted(tmp_path, model_fold
             + [{"instruction": "q" * 70, "response": "r" * 5}] * 2)        # 76: the prompt alone fills 64
     (tmp_path / "data").mkdir()
     write_jsonl(tmp_path / "data" / "train.jsonl", rows)
-    stats = tokenize_dataset({"template": "plain", "max_length": 64, "overlong": overlong}, tmp_path / "data",
+    stats = tokenize_dataset(TokenizeSettings(template="plain", max_length=64, overlong=overlong), tmp_path / "data",
                              model_folder, tmp_path / "out")
     if overlong == "truncate":
         assert (stats["kept_whole"], stats["truncated"], stats["dropped_overlong"], stats["dropped_no_response"]) == \
@@ -474,7 +474,7 @@ def test_overlong_examples_truncated_or_dropped_and_counted(tmp_path, model_fold
     assert stats["length_before_truncation"]["max"] == 76
     dataset = load_from_disk(str(tmp_path / "out" / "dataset"))
     assert len(dataset) == stats["examples"]
-    assert sum(sum(label != IGNORE for label in ex["labels"]) for ex in dataset) == stats["response_tokens"]
+    assert sum(sum(label != IGNORE_INDEX for label in ex["labels"]) for ex in dataset) == stats["response_tokens"]
     assert all(len(ex["input_ids"]) <= 64 for ex in dataset)
 
 
@@ -483,7 +483,7 @@ def test_parallel_tokenization_gives_the_same_dataset(tmp_path, model_folder):
 
     (tmp_path / "data").mkdir()
     write_jsonl(tmp_path / "data" / "train.jsonl", toy_rows(2500, "instruction", "response"))
-    settings = {"template": "alpaca", "max_length": 256, "overlong": "truncate"}
+    settings = TokenizeSettings(template="alpaca", max_length=256)
     one = tokenize_dataset(settings, tmp_path / "data", model_folder, tmp_path / "one", num_proc=1)
     two = tokenize_dataset(settings, tmp_path / "data", model_folder, tmp_path / "two", num_proc=2)
     assert one == two
@@ -511,7 +511,7 @@ def test_presets_override_everything_embedded(name):
     assert cfg.resources.train.gpus >= 1 and cfg.resources.eval.gpus >= 1
     plan = build_plan(cfg)
     for node in plan.nodes["data"].values():
-        assert node.settings["sha256"] == PAPER_FILES[node.labels["train_set"]].sha256
+        assert node.settings.sha256 == PAPER_FILES[node.labels["train_set"]].sha256
 
 
 def test_paper_preset_is_the_paper_recipe():

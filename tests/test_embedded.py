@@ -11,21 +11,10 @@ import torch
 from safetensors.torch import load_file
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from asft.embedded import (
-    N_TEST,
-    TASKS,
-    EmbeddedBaseSpec,
-    Example,
-    all_problems,
-    build_model,
-    build_tokenizer,
-    encode_examples,
-    extract_boxed,
-    pretrain,
-    quick_accuracy,
-    solve,
-    split,
-)
+from asft.embedded.pretrain import encode_examples, init_model, pretrain
+from asft.embedded.spec import EmbeddedBaseSpec
+from asft.embedded.tasks import N_TEST, TASKS, Example, all_problems, solve, split
+from asft.embedded.tokenizer import build_tokenizer
 
 TRUE = {"add": lambda a, b: a + b, "sub": lambda a, b: a - b, "mul": lambda a, b: a * b}
 SYMBOL = {"add": "+", "sub": "-", "mul": "*"}
@@ -197,31 +186,30 @@ def test_tokenizer_round_trip_through_save_and_load(tmp_path):
 
 def test_spec_defaults_and_round_trip():
     spec = EmbeddedBaseSpec()
-    assert spec.mix == {"add": 0.46, "sub": 0.46, "mul": 0.08}
+    assert spec.task_mix == {"add": 0.46, "sub": 0.46, "mul": 0.08}
     assert (spec.hidden_size, spec.num_layers, spec.num_heads, spec.num_kv_heads) == (128, 2, 4, 2)
     assert (spec.steps, spec.batch_size, spec.lr, spec.warmup) == (1000, 64, 3e-3, 100)
     assert spec.betas == (0.9, 0.98) and spec.seed == spec.split_seed == 0
-    data = json.loads(json.dumps(spec.to_dict()))
-    assert EmbeddedBaseSpec.from_dict(data) == spec
-    assert hash(EmbeddedBaseSpec.from_dict(data)) == hash(spec)
-    custom = EmbeddedBaseSpec.from_dict({"steps": 10, "task_mix": {"mul": 1, "add": 1}})
-    assert custom.task_mix == (("add", 1.0), ("mul", 1.0)) and custom.lr == spec.lr
+    data = json.loads(json.dumps(spec.model_dump(mode="json")))
+    assert EmbeddedBaseSpec.model_validate(data) == spec
+    custom = EmbeddedBaseSpec.model_validate({"steps": 10, "task_mix": {"mul": 1, "add": 1}})
+    assert list(custom.task_mix.items()) == [("add", 1.0), ("mul", 1.0)] and custom.lr == spec.lr
     with pytest.raises(ValueError):
-        EmbeddedBaseSpec.from_dict({"stepz": 10})
+        EmbeddedBaseSpec.model_validate({"stepz": 10})
     with pytest.raises(ValueError):
         EmbeddedBaseSpec(task_mix={"div": 1.0})
     with pytest.raises(ValueError):
         EmbeddedBaseSpec(num_heads=3)
 
 
-def test_build_model():
+def test_init_model():
     tok = build_tokenizer()
-    model = build_model(EmbeddedBaseSpec(), tok)
+    model = init_model(EmbeddedBaseSpec(), tok)
     assert type(model).__name__ == "Qwen2ForCausalLM"
     assert sum(p.numel() for p in model.parameters()) == 525_952
-    again = build_model(EmbeddedBaseSpec(), tok)
+    again = init_model(EmbeddedBaseSpec(), tok)
     assert all(torch.equal(p, q) for p, q in zip(model.parameters(), again.parameters()))
-    other = build_model(EmbeddedBaseSpec(seed=1), tok)
+    other = init_model(EmbeddedBaseSpec(seed=1), tok)
     assert not torch.equal(model.lm_head.weight, other.lm_head.weight)
 
 
@@ -238,17 +226,8 @@ def test_encode_examples_masks_the_prompt():
         assert int(labels[i, n - 1]) == tok.eos_token_id
 
 
-def test_extract_boxed():
-    assert extract_boxed("1+2=3;\\boxed{3}") == "3"
-    assert extract_boxed("\\boxed{1}x\\boxed{ 22 }") == "22"
-    assert extract_boxed("\\boxed{\\frac{1}{2}}") == "\\frac{1}{2}"
-    assert extract_boxed("no answer") is None
-    assert extract_boxed("\\boxed{12") is None
-
-
 # --------------------------------------------------------------------------- tiny pre-training
 
-# The package re-exports the function `pretrain`, which shadows the submodule attribute.
 pretrain_mod = importlib.import_module("asft.embedded.pretrain")
 
 TINY = EmbeddedBaseSpec(steps=30, batch_size=16, warmup=5, hidden_size=64, intermediate_size=128)
@@ -303,16 +282,20 @@ def test_tiny_pretrain_never_sees_test_problems(tiny_runs):
 
 def test_tiny_pretrain_output_loads(tiny_runs):
     out, _stats = tiny_runs[0][0]
-    assert json.loads((out / "embedded_base_spec.json").read_text()) == TINY.to_dict()
+    assert json.loads((out / "embedded_base_spec.json").read_text()) == TINY.model_dump(mode="json")
     tok = AutoTokenizer.from_pretrained(out)  # next to a qwen2 config.json (pitfall 1)
     model = AutoModelForCausalLM.from_pretrained(out)
     assert type(model).__name__ == "Qwen2ForCausalLM"
     assert len(tok) == model.config.vocab_size == 260
     text = "86*6=6*6=36;8*6=48;48+3=51;\\boxed{516}"
     assert tok.decode(tok(text)["input_ids"]) == text
-    acc = quick_accuracy(model, tok, split("add", 0)[1][:20], batch_size=8, max_new_tokens=8)
-    assert 0.0 <= acc <= 1.0
-    assert tok.padding_side == "right"  # restored after generation
+    # It generates through the evaluation stack like every model the workflow makes.
+    from asft.eval.generation import Sampling, generate_hf
+
+    problems = split("add", 0)[1][:20]
+    completions = generate_hf(out, [p.instruction for p in problems], Sampling(max_new_tokens=8), batch_size=8,
+                              progress=False)
+    assert len(completions) == 20 and all(len(c) == 1 and isinstance(c[0], str) for c in completions)
 
 
 def test_pretrain_refuses_a_non_empty_directory(tmp_path):

@@ -121,7 +121,7 @@ def test_drift_is_kl_base_to_model_on_gold_solutions(tmp_path, tiny_base):
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     from asft.eval.benchmarks import load_problems
-    from asft.eval.evaluation import drift
+    from asft.eval.drift import drift
 
     problems = load_problems("embedded_mul", {"split_seed": 0}, limit=10)
     assert drift(tiny_base, tiny_base, problems, template="plain") == pytest.approx(0.0, abs=1e-7)

@@ -14,6 +14,7 @@ import pytest
 import torch
 
 from asft.workflow.config import ConfigError, layered_raw, load_config, parse_config
+from asft.train.settings import TrainRuntime
 from asft.workflow.plan import build_plan
 from tests.conftest import train_settings
 
@@ -94,8 +95,7 @@ def test_each_normalisation_gives_its_gradient_over_four_accumulation_steps(norm
                               max_grad_norm=1e9)
     out = tmp_path / "out"
     out.mkdir()
-    stats = trainer.train_run(settings, {"implementation": "chunked", "chunk_size": 7, "save_steps": 100,
-                                         "logging_steps": 1},
+    stats = trainer.train_run(settings, TrainRuntime(chunk_size=7, save_steps=100, logging_steps=1),
                               model_dir=tiny_base, dataset_dir=uneven_dataset, out_dir=out,
                               checkpoint_dir=tmp_path / "ckpt", progress=False)
     assert stats["gradient_accumulation"] == ACCUMULATION and len(seen) == ACCUMULATION
@@ -108,7 +108,7 @@ def test_each_normalisation_gives_its_gradient_over_four_accumulation_steps(norm
 def test_upstream_is_accumulation_steps_times_microbatch_mean(tiny_base, tiny_dataset):
     from datasets import load_from_disk
 
-    from asft.train.trainer import pad_collator
+    from asft.train.data import pad_collator
 
     dataset = load_from_disk(str(tiny_dataset))
     collate = pad_collator(0)
@@ -168,7 +168,7 @@ def test_warmup_ratio_rounds_up_a_fraction_of_the_steps(tmp_path, tiny_base, tin
                               lr_scheduler="linear")
     out = tmp_path / "out"
     out.mkdir()
-    train_run(settings, {"implementation": "chunked", "chunk_size": 64, "save_steps": 100, "logging_steps": 1},
+    train_run(settings, TrainRuntime(chunk_size=64, save_steps=100, logging_steps=1),
               model_dir=tiny_base, dataset_dir=tiny_dataset, out_dir=out, checkpoint_dir=tmp_path / "c",
               progress=False)
     lrs = [e["learning_rate"] for e in map(json.loads, (out / "metrics.jsonl").read_text().splitlines())
@@ -187,7 +187,7 @@ def test_warmup_ratio_and_steps_together_is_a_config_error():
 
 def test_warmup_ratio_enters_the_key_only_when_set():
     default = build_plan(load_config())
-    assert all("warmup_ratio" not in node.settings for node in default.nodes["train"].values())
+    assert all("warmup_ratio" not in node.settings.key_payload() for node in default.nodes["train"].values())
     raw = layered_raw([])
     raw["train"] = {**raw["train"], "warmup_ratio": 0.1, "warmup_steps": 0}
     assert set(build_plan(parse_config(raw)).keys("train")).isdisjoint(default.keys("train"))
@@ -219,7 +219,7 @@ def test_bf16_pure_steps_bf16_weights_and_adamw_states(tmp_path, tiny_base, tiny
         out = tmp_path / "out"
         out.mkdir()
         trainer.train_run(train_settings("sft", method="full", lora=None, precision="bf16_pure", max_steps=1),
-                          {"implementation": "chunked", "chunk_size": 64, "save_steps": 100, "logging_steps": 1},
+                          TrainRuntime(chunk_size=64, save_steps=100, logging_steps=1),
                           model_dir=tiny_base, dataset_dir=tiny_dataset, out_dir=out, checkpoint_dir=tmp_path / "c",
                           progress=False)
     finally:
@@ -246,7 +246,7 @@ def test_full_finetuning_in_mixed_bf16_gets_a_new_key():
     raw = layered_raw([CONFIG / "paper_math_lora.yaml"])
     raw["train"] = {**raw["train"], "method": "full", "precision": "bf16"}
     node = next(iter(build_plan(parse_config(raw)).nodes["train"].values()))
-    assert node.settings["precision"] == "bf16_mixed"
+    assert node.settings.precision == "bf16_mixed"
 
 
 # --- the prompt boundary --------------------------------------------------------------------------

@@ -15,7 +15,7 @@ import torch.nn.functional as F
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from asft.train import losses, modes
+from asft.train import modes
 from asft.train.chunked_loss import chunked_loss
 from asft.train.losses import available_modes, compute_loss, get_mode, register_mode
 

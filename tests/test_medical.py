@@ -19,6 +19,8 @@ from pathlib import Path
 import pytest
 import torch
 
+from asft.eval.settings import BenchmarkRef, EvalContext, EvalRuntime, EvalSettings
+from asft.train.settings import LocalModel
 from asft.eval.evaluation import choose_letter
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -171,9 +173,11 @@ def test_known_upstream_test_files_are_recognised_by_sha256():
     assert "but it is the 'medqa' file" in file_provenance("medmcqa", medqa_sha.upper())
     assert file_provenance("medqa", "0" * 64) is None
     assert {c.benchmark for c in KNOWN_COPIES.values()} == {"medqa", "mmlu_medical", "medmcqa"}
-    source = _source_file({"context": {"local_file": "/data/medqa_test.jsonl", "local_sha256": medqa_sha}}, "medqa")
+    copy = EvalSettings(benchmark=BenchmarkRef(name="medqa", version=1),
+                        context=EvalContext(local_file="/data/medqa_test.jsonl", local_sha256=medqa_sha))
+    source = _source_file(copy, "medqa")
     assert source["provenance"] == "upstream test_data: zhuchichi56/ASFT eval/medeval/test_data/medqa_test.jsonl"
-    assert _source_file({"context": {}}, "medqa") is None
+    assert _source_file(EvalSettings(benchmark=BenchmarkRef(name="medqa", version=1)), "medqa") is None
 
 
 # --- the embedded multiple-choice benchmarks ---------------------------------------------------------
@@ -224,12 +228,12 @@ def test_paper_medical_protocol_fixes_the_eval_fields_and_scoring_enters_keys_on
     from asft.workflow.plan import build_plan
 
     default = build_plan(parse_config(layered_raw([])))
-    assert all("scoring" not in node.settings for node in default.nodes["eval"].values())
+    assert all("scoring" not in node.settings.key_payload() for node in default.nodes["eval"].values())
     raw = layered_raw([MEDICAL_TINY])
     raw["model"]["local_path"] = "/models/nopad"
     raw["eval"].update(template="alpaca", n_samples=16, temperature=1.0)  # the protocol overrides them
     plan = build_plan(parse_config(raw))
-    settings = next(iter(plan.nodes["eval"].values())).settings
+    settings = next(iter(plan.nodes["eval"].values())).settings.key_payload()
     assert (settings["template"], settings["scoring"], settings["n_samples"], settings["temperature"],
             settings["max_new_tokens"]) == ("choice", "choice_logprobs", 1, 0.0, 1)
     assert settings["protocol"] == {"name": "paper_medical", "version": 1}
@@ -237,7 +241,7 @@ def test_paper_medical_protocol_fixes_the_eval_fields_and_scoring_enters_keys_on
     custom["model"]["local_path"] = "/models/nopad"
     custom["eval"].update(protocol="custom", template="choice", scoring="choice_logprobs", max_new_tokens=1)
     custom_settings = next(iter(build_plan(parse_config(custom)).nodes["eval"].values())).settings
-    assert custom_settings["scoring"] == "choice_logprobs" and custom_settings["protocol"] is None
+    assert custom_settings.scoring == "choice_logprobs" and custom_settings.protocol is None
 
 
 def test_paper_medical_preset_uses_the_upstream_protocol():
@@ -247,7 +251,7 @@ def test_paper_medical_preset_uses_the_upstream_protocol():
     cfg = load_config(ROOT / "config" / "paper_medical.yaml")
     assert cfg.eval.protocol == "paper_medical"
     node = next(iter(build_plan(cfg).nodes["eval"].values()))
-    assert node.settings["scoring"] == "choice_logprobs" and node.settings["template"] == "choice"
+    assert node.settings.scoring == "choice_logprobs" and node.settings.template == "choice"
 
 
 # --- next-token scoring: hf forward pass and vLLM ------------------------------------------------------
@@ -279,8 +283,8 @@ def test_hf_next_token_top_is_batch_independent_and_tokenizes_with_special_token
     from asft.train.models import build_model
 
     with_bos = tmp_path / "bos_model"
-    build_model({"source": "local", "path": str(save_without_pad_token(tiny_base, tmp_path / "bos", bos=True))},
-                with_bos, progress=False)
+    build_model(LocalModel(path=str(save_without_pad_token(tiny_base, tmp_path / "bos", bos=True))), with_bos,
+                progress=False)
     prompts = ["Question: 12+3=\n\nOptions:\nA. 15\nB. 16\nC. 5\nD. 25\n\nAnswer:", "Question: 7*8=\n\nAnswer:",
                "47+35="]
     batched = next_token_top_hf(with_bos, prompts, batch_size=3, progress=False)
@@ -328,10 +332,12 @@ def test_vllm_choice_scoring_asks_for_one_token_and_ten_logprobs(monkeypatch, tm
     # byte-level ids of the tiny tokenizer: 32 ' ', 65 'A', 66 'B', 98 'b', 120 'x'
     monkeypatch.setitem(sys.modules, "vllm", vllm_stand_in(calls, [120, 66, 98, 65, 32], [-0.2, -1.5, -1.1, -2.0, -3.0],
                                                            "x"))
-    settings = {"benchmark": {"name": "embedded_mul_choice"}, "context": {"split_seed": 0}, "limit": 3,
-                "backend": "vllm", "template": "choice", "scoring": "choice_logprobs", "n_samples": 1,
-                "temperature": 0.0, "top_p": 1.0, "max_new_tokens": 1, "stop": [], "seed": 5, "drift": False}
-    scores = run_eval(settings, {"tensor_parallel": 2}, model_dir=tiny_base, out_dir=tmp_path, progress=False)
+    settings = EvalSettings(benchmark=BenchmarkRef(name="embedded_mul_choice", version=1),
+                            context=EvalContext(split_seed=0), limit=3, backend="vllm", template="choice",
+                            scoring="choice_logprobs", n_samples=1, temperature=0.0, top_p=1.0, max_new_tokens=1,
+                            seed=5, drift=False)
+    scores = run_eval(settings, EvalRuntime(tensor_parallel=2), model_dir=tiny_base, out_dir=tmp_path,
+                      progress=False)
     assert calls["params"] == {"temperature": 0.0, "top_p": 1.0, "max_tokens": 1, "logprobs": 10}
     assert calls["llm"] == {"model": str(tiny_base), "tensor_parallel_size": 2, "seed": 5, "trust_remote_code": False}
     assert calls["prompts"][0].startswith("Question: ") and calls["prompts"][0].endswith("\n\nAnswer:")
@@ -346,7 +352,7 @@ def test_vllm_choice_scoring_asks_for_one_token_and_ten_logprobs(monkeypatch, tm
     assert scores["predicted_from"] == {"logprobs": 3, "text": 0, "default": 0}
 
     monkeypatch.setitem(sys.modules, "vllm", vllm_stand_in(calls, [120, 32], [-0.1, -0.2], " c."))
-    run_eval(settings, {}, model_dir=tiny_base, out_dir=tmp_path, progress=False)
+    run_eval(settings, EvalRuntime(), model_dir=tiny_base, out_dir=tmp_path, progress=False)
     fallback = json.loads((tmp_path / "samples.jsonl").read_text().splitlines()[0])
     assert (fallback["predicted"], fallback["predicted_from"], fallback["letter_logprobs"]) == ("C", "text", {})
 
@@ -362,7 +368,7 @@ def test_model_stage_adds_pad_with_mean_rows_and_never_writes_the_source(tmp_pat
     before = folder_hashes(nopad_base)
     out = tmp_path / "model"
     out.mkdir()
-    stats = build_model({"source": "local", "path": str(nopad_base)}, out, progress=False)
+    stats = build_model(LocalModel(path=str(nopad_base)), out, progress=False)
     assert folder_hashes(nopad_base) == before  # files were hard-linked: rewritten by rename only
     tokenizer = AutoTokenizer.from_pretrained(out)
     assert (tokenizer.pad_token, tokenizer.pad_token_id, len(tokenizer)) == ("[PAD]", 260, 261)
@@ -419,10 +425,10 @@ def test_untied_model_gets_mean_rows_in_both_embeddings_and_eos_policy_resizes_n
 
 def test_stages_that_pad_say_clearly_when_the_pad_token_is_missing(nopad_base):
     from asft.eval.benchmarks import load_problems
-    from asft.eval.evaluation import drift
+    from asft.eval.drift import drift
     from asft.eval.generation import Sampling, generate_hf, next_token_top_hf
     from asft.train.models import MissingPadTokenError
-    from asft.train.trainer import pad_collator
+    from asft.train.data import pad_collator
 
     with pytest.raises(MissingPadTokenError, match="model.missing_pad_token"):
         pad_collator(None)
@@ -444,7 +450,7 @@ def test_lora_on_the_resized_model_trains_merges_and_keeps_the_pad_row(tmp_path,
 
     base = tmp_path / "base"
     base.mkdir()
-    build_model({"source": "local", "path": str(nopad_base)}, base, progress=False)
+    build_model(LocalModel(path=str(nopad_base)), base, progress=False)
     # the tokenized set was made with the pad-less tokenizer: '[PAD]' only appends an id, the others are the same
     stats = train_run(train_settings("asft", max_steps=2), RUNTIME, model_dir=base, dataset_dir=tiny_dataset,
                       out_dir=tmp_path / "train", checkpoint_dir=tmp_path / "ckpt", progress=False)

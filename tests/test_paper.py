@@ -67,8 +67,8 @@ def test_paper_protocol_renders_the_exact_prompt_and_sampling():
     from asft.train.templates import eval_prompt
 
     node = next(n for n in build_plan(load_config(CONFIG / "paper_math.yaml")).nodes["eval"].values()
-                if n.settings["benchmark"]["name"] == "math_oai")
-    settings = node.settings
+                if n.settings.benchmark.name == "math_oai")
+    settings = node.settings.key_payload()
     assert (settings["template"], settings["n_samples"], settings["temperature"], settings["top_p"],
             settings["max_new_tokens"]) == ("alpaca", 16, 1.0, 1.0, 4096)
     assert settings["protocol"] == {"name": "paper", "version": 1}
@@ -79,7 +79,7 @@ def test_paper_protocol_renders_the_exact_prompt_and_sampling():
                 "\\pi.$\n\n### Response:\n")
     assert eval_prompt(settings["template"], problem.question) == expected
     fork = next(iter(build_plan(load_config(CONFIG / "fork_quick.yaml")).nodes["eval"].values())).settings
-    assert (fork["template"], fork["n_samples"], fork["temperature"]) == ("cot", 1, 0.0)
+    assert (fork.template, fork.n_samples, fork.temperature) == ("cot", 1, 0.0)
     assert eval_prompt("cot", "What is 1+1?") == "Question: What is 1+1?\nAnswer:"
 
 
@@ -217,7 +217,8 @@ def test_paper_medical_preset_and_choice_benchmarks_from_local_copies(tmp_path):
     plan = build_plan(parse_config(raw))
     assert {stage: len(nodes) for stage, nodes in plan.nodes.items()} == {
         "model": 1, "data": 1, "tokenize": 1, "train": 4, "eval": 15}  # sft, dft, asft, sft+kl (Table 1's rows)
-    contexts = {n.settings["benchmark"]["name"]: n.settings["context"] for n in plan.nodes["eval"].values()}
+    contexts = {n.settings.benchmark.name: n.settings.context.model_dump(exclude_none=True)
+                for n in plan.nodes["eval"].values()}
     problems = {name: load_problems(name, ctx) for name, ctx in contexts.items()}
     assert problems["medqa"][0].question.endswith("A. Liver\nB. Pancreas\nC. Kidney\nD. Spleen")
     assert [problems[n][0].gold for n in ("medqa", "medmcqa", "mmlu_medical")] == ["B", "C", "B"]

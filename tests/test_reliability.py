@@ -29,6 +29,7 @@ from types import SimpleNamespace
 import pytest
 
 from asft.core.files import sha256_file
+from asft.core.settings import StageSettings
 from asft.workflow.artifacts import MANIFEST, Node, writing_artifact
 from asft.ops.status import log_error, snakemake_events
 from asft.ops.verify import run_verify, scan
@@ -324,7 +325,8 @@ def test_benchmark_row_without_gold_answer_names_the_file_and_row(tmp_path, monk
 def test_nan_loss_stops_training_naming_the_step_and_keeps_the_last_checkpoint(tmp_path, tiny_base, tiny_dataset,
                                                                              monkeypatch):
     import asft.train.trainer as trainer
-    from asft.workflow.jobs import checkpoint_dir, run_stage
+    from asft.workflow.artifacts import partial_dir
+    from asft.workflow.jobs import run_stage
     from asft.train.trainer import NonFiniteLossError
 
     real = trainer.chunked_loss
@@ -338,10 +340,10 @@ def test_nan_loss_stops_training_naming_the_step_and_keeps_the_last_checkpoint(t
     monkeypatch.setattr(trainer, "chunked_loss", nan_from_step_3)
     settings = train_settings("sft", max_steps=8, global_batch_size=8, per_device_batch_size=4)
     final = tmp_path / "results" / "train" / "00000000000000aa"
-    node = Node("train", final.name, settings, {}, {"mode": "sft"}, {**RUNTIME, "save_steps": 2})
+    node = Node("train", final.name, settings, {}, {"mode": "sft"}, RUNTIME.model_copy(update={"save_steps": 2}))
     with pytest.raises(NonFiniteLossError) as error:
         run_stage(node, {"model": tiny_base, "tokenize": tiny_dataset.parent}, final)
-    partial = checkpoint_dir(final)
+    partial = partial_dir(final)
     assert "at step 3" in str(error.value) and str(partial) in str(error.value)
     checkpoints = sorted(p.name for p in partial.glob("checkpoint-*"))
     assert checkpoints == ["checkpoint-2"]
@@ -351,9 +353,13 @@ def test_nan_loss_stops_training_naming_the_step_and_keeps_the_last_checkpoint(t
 
 # --- verify and status on hand-made folders (fast) ---------------------------------------------
 
+class NoSettings(StageSettings):
+    """Hand-made artifacts record no settings."""
+
+
 def make_artifact(results: Path, stage: str, key: str, files: dict[str, bytes], parents=None) -> Path:
     final = results / stage / key
-    with writing_artifact(final, Node(stage, key, {}, parents or {}, {})) as tmp:
+    with writing_artifact(final, Node(stage, key, NoSettings(), parents or {}, {})) as tmp:
         for name, data in files.items():
             (tmp / name).parent.mkdir(parents=True, exist_ok=True)
             (tmp / name).write_bytes(data)

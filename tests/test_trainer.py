@@ -13,11 +13,12 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
+from asft.train.settings import TrainRuntime, TrainSettings
 from asft.train.trainer import train_run
 from tests.conftest import RUNTIME, train_settings
 
 
-def run(tmp: Path, base: Path, dataset: Path, settings: dict, runtime: dict = RUNTIME) -> tuple[dict, Path]:
+def run(tmp: Path, base: Path, dataset: Path, settings: TrainSettings, runtime: TrainRuntime = RUNTIME) -> tuple[dict, Path]:
     out = tmp / "out"
     out.mkdir(parents=True)
     stats = train_run(settings, runtime, model_dir=base, dataset_dir=dataset, out_dir=out,
@@ -65,7 +66,7 @@ def test_same_seed_gives_the_same_loss_curve(tmp_path, tiny_base, tiny_dataset):
 def test_chunked_and_full_implementations_train_alike(tmp_path, tiny_base, tiny_dataset):
     _, chunked = run(tmp_path / "a", tiny_base, tiny_dataset, train_settings("asft", max_steps=3))
     _, full = run(tmp_path / "b", tiny_base, tiny_dataset, train_settings("asft", max_steps=3),
-                  {**RUNTIME, "implementation": "full"})
+                  RUNTIME.model_copy(update={"implementation": "full"}))
     assert losses(chunked) == pytest.approx(losses(full), rel=1e-4)
 
 
@@ -80,7 +81,7 @@ def test_lora_reference_is_the_base_model(tiny_base):
     from peft import LoraConfig, get_peft_model
     from transformers import AutoModelForCausalLM
 
-    from asft.train.trainer import Reference
+    from asft.train.reference import Reference
 
     base = AutoModelForCausalLM.from_pretrained(tiny_base).eval()
     policy = get_peft_model(AutoModelForCausalLM.from_pretrained(tiny_base),
@@ -98,21 +99,23 @@ def test_lora_reference_is_the_base_model(tiny_base):
 KILLED_RUN = """
 import sys, json
 from pathlib import Path
+from asft.train.settings import TrainRuntime, TrainSettings
 from asft.train.trainer import train_run
 settings, runtime, base, data, tmp = json.loads(sys.argv[1])
-train_run(settings, runtime, model_dir=Path(base), dataset_dir=Path(data), out_dir=Path(tmp) / "never",
-          checkpoint_dir=Path(tmp) / "ckpt", progress=False)
+train_run(TrainSettings.model_validate(settings), TrainRuntime.model_validate(runtime), model_dir=Path(base),
+          dataset_dir=Path(data), out_dir=Path(tmp) / "never", checkpoint_dir=Path(tmp) / "ckpt", progress=False)
 """
 
 
 def test_resume_after_sigkill_gives_the_same_weights(tmp_path, tiny_base, tiny_dataset):
     settings = train_settings("asft", max_steps=12)
-    runtime = {**RUNTIME, "save_steps": 4}
+    runtime = RUNTIME.model_copy(update={"save_steps": 4})
     _, uninterrupted = run(tmp_path / "straight", tiny_base, tiny_dataset, settings, runtime)
 
     killed = tmp_path / "killed"
     (killed / "never").mkdir(parents=True)
-    args = json.dumps([settings, runtime, str(tiny_base), str(tiny_dataset), str(killed)])
+    args = json.dumps([settings.model_dump(mode="json"), runtime.model_dump(mode="json"), str(tiny_base),
+                       str(tiny_dataset), str(killed)])
     proc = subprocess.Popen([sys.executable, "-c", KILLED_RUN, args])
     deadline = time.time() + 120
     while time.time() < deadline and not list((killed / "ckpt").glob("checkpoint-4/trainer_state.json")):
@@ -145,7 +148,7 @@ def test_full_fine_tuning_uses_a_frozen_reference_copy(tmp_path, tiny_base, tiny
 
 
 def test_two_process_training_with_torchrun(tmp_path, tiny_base, tiny_dataset):
-    from asft.train.trainer import launch_distributed
+    from asft.train.launch import launch_distributed
 
     out = tmp_path / "out"
     out.mkdir()
@@ -158,12 +161,12 @@ def test_two_process_training_with_torchrun(tmp_path, tiny_base, tiny_dataset):
 
 
 def test_a_partially_saved_checkpoint_is_not_resumed_from(tmp_path):
-    from asft.train.trainer import last_complete_checkpoint
+    from asft.train.checkpoints import last_complete_checkpoint
 
     assert last_complete_checkpoint(tmp_path / "missing") is None
     for step, complete in ((4, True), (8, True), (12, False)):  # killed while saving checkpoint-12
         folder = tmp_path / f"checkpoint-{step}"
         folder.mkdir()
         if complete:
-            (folder / "trainer_state.json").write_text("{}")
-    assert last_complete_checkpoint(tmp_path) == str(tmp_path / "checkpoint-8")
+            (folder / "trainer_state.json").write_text(json.dumps({"global_step": step}))
+    assert last_complete_checkpoint(tmp_path) == tmp_path / "checkpoint-8"

@@ -15,17 +15,20 @@ from __future__ import annotations
 import json
 import math
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
 
+from asft.core.job import StageJob
+from asft.eval.settings import EvalRuntime, EvalSettings
 from asft.eval.benchmarks import Problem, file_provenance, load_problems
+from asft.eval.drift import drift
 from asft.eval.generation import NextToken, Sampling, generate, next_token_top
 from asft.eval.grading import extract_answer, grade_many
-from asft.train.templates import STOP_STRINGS, problem_prompt, training_prompt
+from asft.train.templates import STOP_STRINGS, problem_prompt
 
 
 def score(correct: Sequence[Sequence[bool]]) -> dict[str, float]:
@@ -38,63 +41,6 @@ def score(correct: Sequence[Sequence[bool]]) -> dict[str, float]:
         "pass@1": 100.0 * sum(row[0] for row in correct) / len(correct),
         f"pass@{len(correct[0])}": 100.0 * sum(any(row) for row in correct) / len(correct),
     }
-
-
-@torch.no_grad()
-def drift(model_dir: Path, base_dir: Path, problems: Sequence[Problem], *, template: str,
-          batch_size: int | None = None, max_problems: int = 256) -> float | None:
-    """Mean per-token KL(base || model) over the gold solution tokens of the problems (teacher-forced).
-
-    KL(base || model) is the KL term of `sft+kl` with the base as reference, so the chunked loss
-    computes it from hidden states without ever holding [tokens, vocab] logits: it fits 7B models.
-    """
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    from asft.train.chunked_loss import chunked_loss
-    from asft.train.data import IGNORE
-    from asft.train.models import require_pad_token_id
-    from asft.train.trainer import capture_hidden
-
-    rows = [p for p in problems if p.solution][:max_problems]
-    if not rows:
-        return None
-    cuda = torch.cuda.is_available()
-    device, dtype = ("cuda", torch.bfloat16) if cuda else ("cpu", torch.float32)
-    batch_size = batch_size or (8 if cuda else 64)
-    tokenizer = AutoTokenizer.from_pretrained(model_dir)
-    pad_id = require_pad_token_id(tokenizer, f"drift of {model_dir}")
-    model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=dtype).to(device).eval()
-    base = AutoModelForCausalLM.from_pretrained(base_dir, dtype=dtype).to(device).eval()
-    limit = getattr(model.config, "max_position_embeddings", 4096)
-    prompt_template = template if template != "cot" else "plain"
-    total, count = 0.0, 0
-    for start in range(0, len(rows), batch_size):
-        batch = rows[start : start + batch_size]
-        encoded = []
-        for problem in batch:
-            prompt = tokenizer(training_prompt(prompt_template, problem.question, tokenizer),
-                               add_special_tokens=False)["input_ids"]
-            answer = tokenizer(problem.solution, add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id]
-            encoded.append(((prompt + answer)[:limit], ([IGNORE] * len(prompt) + answer)[:limit]))
-        width = max(len(ids) for ids, _ in encoded)
-        ids = torch.full((len(batch), width), pad_id, dtype=torch.long)
-        labels = torch.full((len(batch), width), IGNORE, dtype=torch.long)
-        attention = torch.zeros_like(ids)
-        for i, (seq, lab) in enumerate(encoded):
-            ids[i, : len(seq)], labels[i, : len(lab)], attention[i, : len(seq)] = (
-                torch.tensor(seq), torch.tensor(lab), 1)
-        inputs = {"input_ids": ids.to(device), "attention_mask": attention.to(device)}
-        hidden = {}
-        for name, net in (("model", model), ("base", base)):
-            with capture_hidden(net) as store:
-                net(**inputs, logits_to_keep=1)
-            hidden[name] = store["hidden"]
-        terms = chunked_loss(hidden["model"], model.get_output_embeddings().weight, labels.to(device), "sft+kl",
-                             ref_hidden=hidden["base"], ref_head_weight=base.get_output_embeddings().weight,
-                             kl_weight=1.0)
-        total += float(terms.kl) * terms.n_tokens
-        count += terms.n_tokens
-    return total / count if count else None
 
 
 UPSTREAM_LETTERS = ("A", "B", "C", "D")
@@ -133,30 +79,29 @@ def choose_letter(top: Sequence[tuple[str, float]], completion: str,
     return LetterChoice("A", best, "default")
 
 
-def _source_file(settings: Mapping[str, Any], bench: str) -> dict[str, Any] | None:
+def _source_file(settings: EvalSettings, bench: str) -> dict[str, Any] | None:
     """The local benchmark file and what it is known to be (e.g. upstream's own test_data)."""
-    context = settings.get("context") or {}
-    if not context.get("local_file"):
+    context = settings.context
+    if not context.local_file:
         return None
-    sha256 = context.get("local_sha256")
-    return {"path": context["local_file"], "sha256": sha256,
+    sha256 = context.local_sha256
+    return {"path": context.local_file, "sha256": sha256,
             "provenance": file_provenance(bench, sha256) or "local copy (not a known file)"}
 
 
-def _generate_and_grade(settings: Mapping[str, Any], runtime: Mapping[str, Any], problems: list[Problem],
+def _generate_and_grade(settings: EvalSettings, runtime: EvalRuntime, problems: list[Problem],
                         prompts: list[str], tokenizer: Any, model_dir: Path, out_dir: Path,
                         progress: bool) -> dict[str, Any]:
     """Scoring `generate`: n completions per prompt, each graded against the gold answer."""
     started = time.time()
-    template = settings["template"]
+    template = settings.template
     sampling = Sampling(
-        n=settings["n_samples"], temperature=settings["temperature"], top_p=settings["top_p"],
-        max_new_tokens=settings["max_new_tokens"], stop=tuple(STOP_STRINGS[template] + list(settings["stop"])),
-        seed=settings["seed"],
+        n=settings.n_samples, temperature=settings.temperature, top_p=settings.top_p,
+        max_new_tokens=settings.max_new_tokens, stop=tuple(STOP_STRINGS[template] + list(settings.stop)),
+        seed=settings.seed,
     )
-    completions = generate(model_dir, prompts, sampling, backend=settings["backend"],
-                           batch_size=int(runtime.get("batch_size", 64)),
-                           tensor_parallel=int(runtime.get("tensor_parallel", 1)), progress=progress)
+    completions = generate(model_dir, prompts, sampling, backend=settings.backend, batch_size=runtime.batch_size,
+                           tensor_parallel=runtime.tensor_parallel, progress=progress)
     generated_s = time.time() - started
     pairs = [(c, p.gold) for p, samples in zip(problems, completions) for c in samples]
     verdicts = grade_many(pairs)
@@ -183,20 +128,20 @@ def _generate_and_grade(settings: Mapping[str, Any], runtime: Mapping[str, Any],
     }
 
 
-def _choose_letters(settings: Mapping[str, Any], runtime: Mapping[str, Any], problems: list[Problem],
+def _choose_letters(settings: EvalSettings, runtime: EvalRuntime, problems: list[Problem],
                     prompts: list[str], model_dir: Path, out_dir: Path, progress: bool) -> dict[str, Any]:
     """Scoring `choice_logprobs`: the letter of the most likely first token, one answer per problem."""
     started = time.time()
     tokens: list[NextToken] = next_token_top(
-        model_dir, prompts, backend=settings["backend"], batch_size=int(runtime.get("batch_size", 64)),
-        tensor_parallel=int(runtime.get("tensor_parallel", 1)), seed=int(settings.get("seed", 0)), progress=progress)
+        model_dir, prompts, backend=settings.backend, batch_size=runtime.batch_size,
+        tensor_parallel=runtime.tensor_parallel, seed=settings.seed, progress=progress)
     scored_s = time.time() - started
     correct: list[list[bool]] = []
     sources = {"logprobs": 0, "text": 0, "default": 0}
     with open(out_dir / "samples.jsonl", "w", encoding="utf-8") as handle:
         for problem, prompt, token in zip(problems, prompts, tokens):
             if problem.choices is None:  # config validation keeps these out; a clear error if one slips in
-                raise ValueError(f"scoring 'choice_logprobs': benchmark '{settings['benchmark']['name']}' has a "
+                raise ValueError(f"scoring 'choice_logprobs': benchmark '{settings.benchmark.name}' has a "
                                  "problem without options")
             choice = choose_letter([(text, logprob) for _, text, logprob in token.top], token.completion,
                                    problem.choices.letters)
@@ -220,18 +165,18 @@ def _choose_letters(settings: Mapping[str, Any], runtime: Mapping[str, Any], pro
     }
 
 
-def run_eval(settings: Mapping[str, Any], runtime: Mapping[str, Any], *, model_dir: Path, out_dir: Path,
+def run_eval(settings: EvalSettings, runtime: EvalRuntime, *, model_dir: Path, out_dir: Path,
              base_dir: Path | None = None, threads: int = 1, progress: bool = True) -> dict[str, Any]:
     from transformers import AutoTokenizer
 
     torch.set_num_threads(threads)
     started = time.time()
-    bench = settings["benchmark"]["name"]
-    problems = load_problems(bench, settings.get("context"), settings.get("limit"))
+    bench = settings.benchmark.name
+    problems = load_problems(bench, settings.context.model_dump(exclude_none=True), settings.limit)
     tokenizer = AutoTokenizer.from_pretrained(model_dir)
-    template = settings["template"]
+    template = settings.template
     prompts = [problem_prompt(template, p, tokenizer) for p in problems]
-    scoring = settings.get("scoring", "generate")  # absent means generate (plan.eval_settings)
+    scoring = settings.scoring
     scores: dict[str, Any] = {"benchmark": bench}
     source = _source_file(settings, bench)
     if source:
@@ -244,8 +189,15 @@ def run_eval(settings: Mapping[str, Any], runtime: Mapping[str, Any], *, model_d
                                           progress))
     else:
         raise ValueError(f"unknown eval scoring '{scoring}'; known: generate, choice_logprobs")
-    if settings.get("drift") and base_dir is not None:
+    if settings.drift and base_dir is not None:
         scores["drift"] = drift(model_dir, base_dir, problems, template=template)
     scores["wall_seconds"] = round(time.time() - started, 3)
     (out_dir / "scores.json").write_text(json.dumps(scores, indent=2) + "\n")
     return scores
+
+
+def run_eval_stage(job: StageJob) -> dict[str, Any]:
+    """The `eval` stage's runner (asft.workflow.stages): the model, and the base for drift."""
+    base = job.weights("base") if "base" in job.parents else None
+    return run_eval(job.settings, job.runtime, model_dir=job.weights("model"), out_dir=job.out, base_dir=base,
+                    threads=job.threads)

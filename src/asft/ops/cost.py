@@ -20,9 +20,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from asft.train.data import known_file
+from asft.train.modes import get_mode
+from asft.train.settings import EmbeddedData, HubData, LocalData
+from asft.workflow.artifacts import MANIFEST, Node, artifact_dir
 from asft.workflow.config import Config
-from asft.workflow.artifacts import Node
 from asft.workflow.plan import Plan
+from asft.workflow.stages import STAGE_NAMES
 
 #: Parameter counts of common base models (from their published configs).
 KNOWN_PARAMS = {
@@ -70,18 +74,16 @@ def model_params(config: Config) -> float:
     raise ValueError(f"cost: unknown size of model '{model.id}'; give model.local_path with a config.json")
 
 
-def dataset_rows(data: dict[str, Any]) -> float:
+def dataset_rows(data: EmbeddedData | HubData | LocalData) -> float:
     """Rows of a training set from its data settings: the subsample size, else the embedded split,
     else the pinned row count of a paper file, else an assumed 10,000."""
-    if data.get("size"):
-        return float(data["size"])
-    if data["source"] == "embedded":
+    if data.size:
+        return float(data.size)
+    if isinstance(data, EmbeddedData):
         from asft.embedded.tasks import split
 
-        return float(len(split(data["task"], data["split_seed"])[0]))
-    from asft.train.data import known_file
-
-    entry = known_file(data.get("repo"), data.get("filename"))
+        return float(len(split(data.task, data.split_seed)[0]))
+    entry = known_file(data.repo, data.filename) if isinstance(data, HubData) else None
     return float(entry.rows) if entry and entry.rows else 10000.0
 
 
@@ -90,15 +92,13 @@ def dataset_tokens(plan: Plan, train_node: Node, results: Path) -> tuple[float, 
     tokenize = plan.parent(train_node, "tokenize")
     data = plan.parent(tokenize, "data").settings
     rows = dataset_rows(data)
-    stats = results / "tokenize" / tokenize.key / "stats.json"
+    stats = artifact_dir(results, "tokenize", tokenize.key) / "stats.json"
     if stats.is_file():
         exact = json.loads(stats.read_text())
         return float(exact["examples"]), float(exact["tokens"]), "exact (cached tokenize)"
-    if data["source"] == "embedded":
+    if isinstance(data, EmbeddedData):
         return rows, rows * 24.0, "embedded rows x 24 tokens"
-    from asft.train.data import known_file
-
-    entry = known_file(data.get("repo"), data.get("filename"))
+    entry = known_file(data.repo, data.filename) if isinstance(data, HubData) else None
     if entry and entry.rows:
         return rows, rows * entry.bytes / entry.rows / BYTES_PER_TOKEN, f"{entry.filename}: bytes / {BYTES_PER_TOKEN}"
     return rows, rows * float(DEFAULT_TOKENS_PER_ROW), f"{rows:.0f} rows x {DEFAULT_TOKENS_PER_ROW} tokens (assumed)"
@@ -107,7 +107,6 @@ def dataset_tokens(plan: Plan, train_node: Node, results: Path) -> tuple[float, 
 def estimate(plan: Plan, results: Path, assumptions: Assumptions = Assumptions()) -> dict[str, Any]:
     """Per-stage jobs, cached jobs, tokens, FLOPs and GPU-hours of a plan."""
     from asft.eval.benchmarks import load_problems
-    from asft.train.modes import get_mode
 
     config = plan.config
     params = model_params(config)
@@ -116,7 +115,7 @@ def estimate(plan: Plan, results: Path, assumptions: Assumptions = Assumptions()
     done = set()
     for node in plan.iter_nodes():
         counts[node.stage] += 1
-        if (results / node.stage / node.key / "manifest.json").exists():
+        if (artifact_dir(results, node.stage, node.key) / MANIFEST).exists():
             cached[node.stage] += 1
             done.add(node.key)
     notes = []
@@ -124,13 +123,12 @@ def estimate(plan: Plan, results: Path, assumptions: Assumptions = Assumptions()
     for node in plan.nodes.get("train", {}).values():
         rows, tokens, how = dataset_tokens(plan, node, results)
         settings = node.settings
-        if settings["max_steps"]:
-            examples = settings["max_steps"] * settings["global_batch_size"]
-            tokens = tokens / rows * examples
+        if settings.max_steps:
+            tokens = tokens / rows * settings.max_steps * settings.global_batch_size
         else:
-            tokens *= settings["epochs"]
-        per_token = 6 if settings["method"] == "full" else 4
-        if get_mode(settings["mode"]).needs_reference:
+            tokens *= settings.epochs
+        per_token = 6 if settings.method == "full" else 4
+        if get_mode(settings.mode).needs_reference:
             per_token += 2
         train_tokens += tokens
         train_flops += 0.0 if node.key in done else per_token * params * tokens
@@ -138,11 +136,13 @@ def estimate(plan: Plan, results: Path, assumptions: Assumptions = Assumptions()
     gen_tokens = gen_flops = 0.0
     problems_cache: dict[str, int] = {}
     for node in plan.nodes.get("eval", {}).values():
-        name = node.settings["benchmark"]["name"]
+        settings = node.settings
+        name = settings.benchmark.name
         if name not in problems_cache:
-            problems_cache[name] = len(load_problems(name, node.settings.get("context"), node.settings.get("limit")))
-        completion = min(node.settings["max_new_tokens"], assumptions.completion_tokens)
-        samples = problems_cache[name] * node.settings["n_samples"]
+            problems_cache[name] = len(load_problems(name, settings.context.model_dump(exclude_none=True),
+                                                     settings.limit))
+        completion = min(settings.max_new_tokens, assumptions.completion_tokens)
+        samples = problems_cache[name] * settings.n_samples
         tokens = samples * (assumptions.prompt_tokens + completion)
         gen_tokens += tokens
         gen_flops += 0.0 if node.key in done else 2 * params * tokens
@@ -161,7 +161,7 @@ def format_estimate(result: dict[str, Any]) -> str:
     a: Assumptions = result["assumptions"]
     lines = [f"model parameters: {result['params'] / 1e9:.3g} B", "",
              f"{'stage':<10} {'jobs':>5} {'cached':>7} {'tokens':>12} {'PFLOP to run':>13} {'GPU-hours':>10}"]
-    for stage in ("model", "data", "tokenize", "train", "merge", "eval"):
+    for stage in STAGE_NAMES:
         row = result["stages"].get(stage)
         if not row or "jobs" not in row:
             continue

@@ -31,15 +31,10 @@ from pathlib import Path
 from typing import Any
 
 from asft.workflow.artifacts import MANIFEST
-from asft.ops.verify import (
-    STAGE_ORDER,
-    TMP_RE,
-    _checkpoints,
-    checkpoint_step,
-    format_table,
-    pid_alive,
-    snakemake_locks,
-)
+from asft.ops.verify import format_table, pid_alive, snakemake_locks
+from asft.train.checkpoints import complete_checkpoints
+from asft.workflow.artifacts import TMP_RE
+from asft.workflow.stages import STAGE_NAMES as STAGE_ORDER
 
 RULES = {"model": "download_model", "data": "download_data"}  # stage -> rule name where they differ
 STARTED, ERROR = "started", "error"
@@ -156,7 +151,7 @@ def _last_logged_step(partial: Path) -> int | None:
 
 def train_progress(partial: Path, max_steps: Any) -> str:
     """'step 45/60, checkpoint-40' from a training run's checkpoint folder."""
-    good = [(step, path) for step, path in _checkpoints(partial) if checkpoint_step(path) is not None]
+    good = complete_checkpoints(partial)
     logged = _last_logged_step(partial)
     parts = []
     total = f"/{max_steps}" if max_steps else ""
@@ -212,7 +207,7 @@ def job_states(plan: Any, results: Path) -> tuple[list[JobState], dict[str, Any]
                 else:
                     state = "pending"
                 if stage == "train" and partial.is_dir() and state in ("running", "interrupted"):
-                    progress = train_progress(partial, node.settings.get("max_steps"))
+                    progress = train_progress(partial, node.settings.max_steps)
                     if state == "interrupted":
                         progress += "; the next run resumes from it" if "checkpoint-" in progress else ""
             states.append(JobState(stage, key, dict(node.labels), state, progress))

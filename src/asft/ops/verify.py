@@ -47,7 +47,6 @@ import base64
 import dataclasses
 import json
 import os
-import re
 import shutil
 import sys
 from collections import deque
@@ -57,15 +56,12 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from asft.core.files import sha256_file
-from asft.workflow.artifacts import MANIFEST
+from asft.train.checkpoints import TRAINER_STATE, checkpoint_step, checkpoints, complete_checkpoints
+from asft.workflow.artifacts import KEY_RE, MANIFEST, PARTIAL_RE, TMP_RE
+from asft.workflow.stages import STAGE_NAMES
 
-#: The artifact stages, in pipeline order (the folders under results/).
-STAGE_ORDER = ("model", "data", "tokenize", "train", "merge", "eval")
-KEY_RE = re.compile(r"^[0-9a-f]{16}$")
-TMP_RE = re.compile(r"^(?P<key>[0-9a-f]{16})\.tmp-(?P<pid>\d+)$")
-PARTIAL_RE = re.compile(r"^(?P<key>[0-9a-f]{16})\.partial$")
-CHECKPOINT_RE = re.compile(r"^checkpoint-(\d+)$")
-TRAINER_STATE = "trainer_state.json"
+#: The artifact stages, in pipeline order (the folders under results/), from the stage table.
+STAGE_ORDER = STAGE_NAMES
 #: What the aggregate writes (results/tables/<key>/ and fixed-name copies in results/).
 AGGREGATE_FILES = ("table.csv", "table.md", "table.tex", "runs.csv", "table.png", "config.yaml")
 TABLES = "tables"
@@ -157,32 +153,15 @@ def check_artifact(folder: Path, stage: str, hash_workers: int = 4) -> list[str]
     return problems
 
 
-def _checkpoints(partial: Path) -> list[tuple[int, Path]]:
-    found = []
-    for child in partial.iterdir() if partial.is_dir() else ():
-        match = CHECKPOINT_RE.match(child.name)
-        if match and child.is_dir():
-            found.append((int(match.group(1)), child))
-    return sorted(found)
-
-
-def checkpoint_step(checkpoint: Path) -> int | None:
-    """global_step recorded in a checkpoint's trainer_state.json (None: absent or unreadable)."""
-    try:
-        return int(json.loads((checkpoint / TRAINER_STATE).read_text())["global_step"])
-    except (OSError, ValueError, KeyError, TypeError):
-        return None
-
-
 def _scan_partial(stage: str, partial: Path, key: str) -> list[Finding]:
     complete = (partial.parent / key / MANIFEST).is_file()
-    checkpoints = _checkpoints(partial)
+    found = checkpoints(partial)
     if complete:
         return [Finding("leftover", NOTE, stage, partial.name,
                         "checkpoints of a training run that has completed since (stale)", partial, True)]
     findings = []
-    good = [(step, path) for step, path in checkpoints if checkpoint_step(path) is not None]
-    for step, path in checkpoints:
+    good = complete_checkpoints(partial)
+    for step, path in found:
         if checkpoint_step(path) is None and (not good or step > good[-1][0]):
             findings.append(Finding(
                 "bad-checkpoint", PROBLEM, stage, f"{partial.name}/{path.name}",

@@ -24,10 +24,12 @@ from pathlib import Path
 from typing import Any
 
 from asft.core.files import sha256_file
+from asft.core.job import StageJob
+from asft.train.modes import IGNORE_INDEX
+from asft.train.settings import EmbeddedData, HubData, LocalData, TokenizeSettings
 from asft.train.templates import training_prompt
 
 TRAIN_FILE = "train.jsonl"
-IGNORE = -100
 COLUMNS = ("instruction", "response")
 
 # Fates of a tokenized example (the `fate` column while tokenizing; counted in stats.json).
@@ -157,15 +159,18 @@ def _local_file(path: str, filename: str | None) -> Path:
     return local
 
 
-def locate_source(settings: Mapping[str, Any]) -> tuple[Path, str, dict[str, Any]]:
+def locate_source(settings: HubData | LocalData) -> tuple[Path, str, dict[str, Any]]:
     """The file a non-embedded train set reads: (path, a human name for messages, provenance)."""
-    if settings["source"] == "hub" and not settings.get("local_path"):
-        path = _hub_file(settings["repo"], settings["filename"], settings["revision"])
-        origin = f"{settings['repo']}/{settings['filename']}@{settings['revision']}"
+    if isinstance(settings, HubData) and not settings.local_path:
+        path = _hub_file(settings.repo, settings.filename, settings.revision)
+        origin = f"{settings.repo}/{settings.filename}@{settings.revision}"
         # the cache path is .../snapshots/<commit>/<filename>
-        commit = path.parts[len(path.parts) - len(Path(settings["filename"]).parts) - 1]
+        commit = path.parts[len(path.parts) - len(Path(settings.filename).parts) - 1]
         return path, origin, {"commit": commit}
-    local = _local_file(settings.get("local_path") or settings["path"], settings.get("filename"))
+    if isinstance(settings, HubData):
+        local = _local_file(settings.local_path, settings.filename)
+    else:
+        local = _local_file(settings.path, settings.filename)
     return local, str(local), {}
 
 
@@ -201,20 +206,19 @@ def subsample(rows: list[Any], size: int | None, seed: int | None, origin: str) 
     return random.Random(seed).sample(rows, size)
 
 
-def build_dataset(settings: Mapping[str, Any], out_dir: Path) -> dict[str, Any]:
+def build_dataset(settings: EmbeddedData | HubData | LocalData, out_dir: Path) -> dict[str, Any]:
     """The `data` stage: write `train.jsonl` (instruction/response) into out_dir and return stats."""
-    source = settings["source"]
     provenance: dict[str, Any] = {}
-    if source == "embedded":
+    if isinstance(settings, EmbeddedData):
         from asft.embedded.tasks import split
 
-        train, _ = split(settings["task"], int(settings["split_seed"]))
+        train, _ = split(settings.task, settings.split_seed)
         rows = [example.as_train_row() for example in train]
-        origin = f"embedded task {settings['task']}"
+        origin = f"embedded task {settings.task}"
     else:
         path, origin, provenance = locate_source(settings)
-        known = known_file(settings.get("repo"), settings.get("filename")) if source == "hub" else None
-        expected = settings.get("sha256")
+        known = known_file(settings.repo, settings.filename) if isinstance(settings, HubData) else None
+        expected = settings.sha256
         if known and expected == known.sha256 and path.stat().st_size != known.bytes:
             actual = sha256_file(path)  # the size differs, so does the hash: report both, and the sizes
             raise ValueError(
@@ -224,14 +228,18 @@ def build_dataset(settings: Mapping[str, Any], out_dir: Path) -> dict[str, Any]:
             )
         provenance["sha256"] = check_sha256(path, expected)
         provenance["bytes"] = path.stat().st_size
-        rows = normalise_rows(read_rows(path), settings.get("prompt_field", "instruction"),
-                              settings.get("response_field", "response"), origin)
+        rows = normalise_rows(read_rows(path), settings.prompt_field, settings.response_field, origin)
     if not rows:
         raise ValueError(f"{origin}: the training set is empty")
     total = len(rows)
-    rows = subsample(rows, settings.get("size"), settings.get("subsample_seed"), origin)
+    rows = subsample(rows, settings.size, settings.subsample_seed, origin)
     write_jsonl(Path(out_dir) / TRAIN_FILE, rows)
     return {"rows": len(rows), "source_rows": total, "origin": origin, **provenance}
+
+
+def run_data_stage(job: StageJob) -> dict[str, Any]:
+    """The `data` stage's runner (asft.workflow.stages)."""
+    return build_dataset(job.settings, job.out)
 
 
 # --- the tokenize stage ------------------------------------------------------------------------
@@ -296,7 +304,7 @@ def encode_batch(instructions: Sequence[str], responses: Sequence[str], tokenize
     out: dict[str, list] = {"input_ids": [], "labels": [], "fate": [], "full_length": [], "n_response": [],
                             "chat_fallback": fell_back}
     for head, tail in pairs:
-        ids, labels = head + tail, [IGNORE] * len(head) + tail
+        ids, labels = head + tail, [IGNORE_INDEX] * len(head) + tail
         full_length, fate = len(ids), KEPT
         if len(ids) > max_length:
             if overlong == "drop":
@@ -345,16 +353,6 @@ def _split_upstream(prompts: Sequence[str], completions: Sequence[str],
     return [(ids[:n], ids[n:]) for ids, n in zip(full_ids, prompt_lengths)]
 
 
-def encode_example(
-    instruction: str, response: str, tokenizer: Any, *, template: str, max_length: int, overlong: str,
-    prompt_boundary: str = "exact",
-) -> tuple[list[int], list[int], str]:
-    """Token ids, labels and fate of one example (see encode_batch); dropped examples have no ids."""
-    out = encode_batch([instruction], [response], tokenizer, template=template, max_length=max_length,
-                       overlong=overlong, prompt_boundary=prompt_boundary)
-    return out["input_ids"][0], out["labels"][0], out["fate"][0]
-
-
 class _Encoder:
     """The datasets.map function (a class, so worker processes get it by pickling)."""
 
@@ -391,12 +389,18 @@ def load_train_rows(path: Path) -> dict[str, list[str]]:
     return {column: [row[column] for row in rows] for column in COLUMNS}
 
 
+def run_tokenize_stage(job: StageJob) -> dict[str, Any]:
+    """The `tokenize` stage's runner (asft.workflow.stages)."""
+    return tokenize_dataset(job.settings, job.parents["data"], job.parents["model"], job.out,
+                            num_proc=job.runtime.num_proc)
+
+
 def _percentile(sorted_values: Sequence[int], q: float) -> int:
     return int(sorted_values[min(len(sorted_values) - 1, int(q * len(sorted_values)))])
 
 
 def tokenize_dataset(
-    settings: Mapping[str, Any], data_dir: Path, model_dir: Path, out_dir: Path, *, num_proc: int = 1
+    settings: TokenizeSettings, data_dir: Path, model_dir: Path, out_dir: Path, *, num_proc: int = 1
 ) -> dict[str, Any]:
     """The `tokenize` stage: an arrow dataset of input_ids/labels in out_dir/dataset, plus stats.
 
@@ -406,8 +410,7 @@ def tokenize_dataset(
     from datasets import Dataset
     from transformers import AutoTokenizer
 
-    options = {k: settings[k] for k in ("template", "max_length", "overlong")}
-    options["prompt_boundary"] = settings.get("prompt_boundary", "exact")
+    options = settings.model_dump(include={"template", "max_length", "overlong", "prompt_boundary"})
     columns = load_train_rows(Path(data_dir) / TRAIN_FILE)
     tokenizer = AutoTokenizer.from_pretrained(model_dir)
     tokenizer.model_max_length = 1 << 60  # we truncate ourselves; silences "sequence longer than" warnings
@@ -429,9 +432,9 @@ def tokenize_dataset(
     full_lengths = sorted(info["full_length"])
     kept_rows = [i for i, fate in enumerate(fates) if fate in (KEPT, TRUNCATED)]
     if not kept_rows:
-        raise ValueError(f"tokenize: every example was dropped (max_length {settings['max_length']}, overlong "
-                         f"'{settings['overlong']}'; the median example has {_percentile(full_lengths, 0.5)} tokens)")
-    lengths = [min(info["full_length"][i], int(settings["max_length"])) for i in kept_rows]
+        raise ValueError(f"tokenize: every example was dropped (max_length {settings.max_length}, overlong "
+                         f"'{settings.overlong}'; the median example has {_percentile(full_lengths, 0.5)} tokens)")
+    lengths = [min(info["full_length"][i], settings.max_length) for i in kept_rows]
     kept = encoded if len(kept_rows) == len(fates) else encoded.select(kept_rows)
     kept = kept.remove_columns(["fate", "full_length", "n_response", "chat_fallback"])
     kept.save_to_disk(str(Path(out_dir) / "dataset"))
@@ -458,3 +461,33 @@ def tokenize_dataset(
     }
     (Path(out_dir) / "stats.json").write_text(json.dumps(stats, indent=2) + "\n")
     return stats
+
+
+# --- batches ----------------------------------------------------------------------------------
+
+def pad_collator(pad_id: int | None):
+    """A collate function: right-pad input_ids with pad_id, labels with -100 (IGNORE_INDEX); the attention
+    mask marks real tokens. The trainer's batches, and the drift measure's."""
+    if pad_id is None:  # torch.full would fail later with "fill_value must be Number"
+        from asft.train.models import MissingPadTokenError
+
+        raise MissingPadTokenError(
+            "training: the tokenizer has no pad token, so batches cannot be padded; the model stage gives it one "
+            "(model.missing_pad_token: add | eos), so train from the folder the model stage made"
+        )
+
+    import torch  # only the trainer and the drift measure batch; the data stages never load torch
+
+    def collate(features: list[Mapping[str, list[int]]]) -> dict[str, Any]:
+        width = max(len(f["input_ids"]) for f in features)
+        ids = torch.full((len(features), width), pad_id, dtype=torch.long)
+        labels = torch.full((len(features), width), IGNORE_INDEX, dtype=torch.long)
+        mask = torch.zeros((len(features), width), dtype=torch.long)
+        for row, feature in enumerate(features):
+            n = len(feature["input_ids"])
+            ids[row, :n] = torch.tensor(feature["input_ids"])
+            labels[row, :n] = torch.tensor(feature["labels"])
+            mask[row, :n] = 1
+        return {"input_ids": ids, "attention_mask": mask, "labels": labels}
+
+    return collate

@@ -7,6 +7,8 @@ from typing import Any
 
 import torch
 
+from asft.core.job import StageJob
+
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 
 
@@ -21,3 +23,9 @@ def merge_adapter(adapter_dir: Path, base_dir: Path, out_dir: Path, *, dtype: st
     AutoTokenizer.from_pretrained(adapter_dir if (Path(adapter_dir) / "tokenizer_config.json").exists() else base_dir
                                   ).save_pretrained(out_dir)
     return {"parameters": sum(p.numel() for p in merged.parameters()), "dtype": dtype}
+
+
+def run_merge_stage(job: StageJob) -> dict[str, Any]:
+    """The `merge` stage's runner (asft.workflow.stages): the run's adapter onto its base model."""
+    torch.set_num_threads(job.threads)
+    return merge_adapter(job.weights("train"), job.parents["model"], job.out, dtype=job.settings.dtype)

@@ -28,6 +28,9 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+from asft.core.job import StageJob
+from asft.train.settings import EmbeddedModel, HubModel, LocalModel
+
 WEIGHT_PATTERNS = ("*.safetensors", "pytorch_model*.bin", "model*.bin")
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "tokenizer.model", "vocab.json")
 #: What is fetched from a model repository: config, weights (safetensors only), tokenizer files.
@@ -317,34 +320,42 @@ def hub_snapshot(repo: str, revision: str) -> Path:
     return Path(folder)
 
 
-def build_model(settings: Mapping[str, Any], out_dir: Path, *, progress: bool = True) -> dict[str, Any]:
+def build_model(settings: EmbeddedModel | HubModel | LocalModel, out_dir: Path, *,
+                progress: bool = True) -> dict[str, Any]:
     """Write the base model (weights + tokenizer) into out_dir; return stats."""
-    source = settings["source"]
-    if source == "embedded":
-        from asft.embedded.pretrain import EmbeddedBaseSpec, pretrain
-
-        stats = pretrain(EmbeddedBaseSpec.from_dict(settings["embedded"]), out_dir, progress=progress)
-        # Its tokenizer pads with eos already: only special_tokens can change anything here.
-        fixes = fix_tokenizer(Path(out_dir), special_tokens=settings.get("special_tokens") or {},
-                              missing_pad_token=settings.get("missing_pad_token", "add"))
-        return {**stats, "tokenizer_fixes": fixes} if fixes else stats
     out_dir = Path(out_dir)
-    if source == "local" or settings.get("local_path"):
-        folder = Path(settings.get("path") or settings["local_path"]).expanduser()
+    if isinstance(settings, EmbeddedModel):
+        from asft.embedded.pretrain import pretrain
+
+        stats = pretrain(settings.embedded, out_dir, progress=progress)
+        # Its tokenizer pads with eos already: only special_tokens can change anything here.
+        fixes = fix_tokenizer(out_dir, special_tokens=settings.special_tokens,
+                              missing_pad_token=settings.missing_pad_token)
+        return {**stats, "tokenizer_fixes": fixes} if fixes else stats
+    local = settings.path if isinstance(settings, LocalModel) else settings.local_path
+    if local:
+        folder = Path(local).expanduser()
         check_model_folder(folder, "model.local_path")
         _copy_tree(folder, out_dir)
         origin: dict[str, Any] = {"origin": str(folder)}
     else:
-        snapshot = hub_snapshot(settings["id"], settings["revision"])
+        snapshot = hub_snapshot(settings.id, settings.revision)
         _copy_tree(snapshot, out_dir, HUB_PATTERNS)
         problem = missing_parts(out_dir)
         if problem:
             raise DownloadError(
-                f"model '{settings['id']}' (revision '{settings['revision']}'): the snapshot {snapshot} has {problem}; "
+                f"model '{settings.id}' (revision '{settings.revision}'): the snapshot {snapshot} has {problem}; "
                 "it is incomplete (fill the cache again with network) or the repository has no safetensors "
                 "weights (download it yourself and use model.local_path)"
             )
-        origin = {"origin": f"hub:{settings['id']}@{settings['revision']}", "commit": snapshot.name}
-    fixes = fix_tokenizer(out_dir, special_tokens=settings.get("special_tokens") or {},
-                          missing_pad_token=settings.get("missing_pad_token", "add"))
+        origin = {"origin": f"hub:{settings.id}@{settings.revision}", "commit": snapshot.name}
+    fixes = fix_tokenizer(out_dir, special_tokens=settings.special_tokens, missing_pad_token=settings.missing_pad_token)
     return {**origin, **_describe(out_dir), "tokenizer_fixes": fixes}
+
+
+def run_model_stage(job: StageJob) -> dict[str, Any]:
+    """The `model` stage's runner (asft.workflow.stages)."""
+    import torch
+
+    torch.set_num_threads(job.threads)
+    return build_model(job.settings, job.out)

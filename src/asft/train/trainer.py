@@ -12,9 +12,7 @@ from __future__ import annotations
 import json
 import math
 import os
-import shutil
-from collections.abc import Iterator, Mapping
-from contextlib import contextmanager, nullcontext
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -24,8 +22,12 @@ from torch import Tensor, nn
 from transformers import Trainer, TrainerCallback
 
 from asft.train.chunked_loss import chunked_loss
-from asft.workflow.config import NORMALIZE_ALIASES
-from asft.train.losses import LossOutput, compute_loss, get_mode
+from asft.train.checkpoints import last_complete_checkpoint
+from asft.train.data import pad_collator
+from asft.train.losses import LossOutput, compute_loss
+from asft.train.reference import Reference, capture_hidden, prepare_reference, unwrap
+from asft.train.modes import DEFAULT_KL_DIRECTION, get_mode
+from asft.train.settings import TrainRuntime, TrainSettings
 
 METRICS_FILE = "metrics.jsonl"
 NORMALIZATIONS = ("upstream", "microbatch_mean", "global_tokens")
@@ -37,15 +39,21 @@ class NonFiniteLossError(RuntimeError):
 
 @dataclass(frozen=True)
 class LossSpec:
-    """How the trainer computes its loss (resolved from a train node)."""
+    """How the trainer computes its loss: the run's loss settings and how the loss is computed."""
 
     mode: str
     kl_weight: float = 0.0
-    kl_direction: str = "ref_policy"
+    kl_direction: str = DEFAULT_KL_DIRECTION
     hparams: Mapping[str, float] = field(default_factory=dict)
-    normalize: str = "microbatch_mean"  # or upstream, global_tokens (asft.workflow.config.LossConfig.normalize)
+    normalize: str = "microbatch_mean"  # or upstream, global_tokens (asft.train.settings.TrainSettings)
     implementation: str = "chunked"  # or full
     chunk_size: int = 256
+
+    @classmethod
+    def of(cls, settings: TrainSettings, *, implementation: str, chunk_size: int) -> LossSpec:
+        return cls(mode=settings.mode, kl_weight=settings.kl_weight,
+                   kl_direction=settings.kl_direction or DEFAULT_KL_DIRECTION, hparams=dict(settings.hparams),
+                   normalize=settings.normalize, implementation=implementation, chunk_size=chunk_size)
 
     @property
     def needs_reference(self) -> bool:
@@ -53,65 +61,6 @@ class LossSpec:
 
     def loss_kwargs(self) -> dict[str, Any]:
         return {"kl_weight": self.kl_weight, "kl_direction": self.kl_direction, **self.hparams}
-
-
-def unwrap_distributed(model: nn.Module) -> nn.Module:
-    """The model under DDP/DeepSpeed wrappers (a peft model stays a peft model)."""
-    while hasattr(model, "module") and isinstance(model.module, nn.Module):
-        model = model.module
-    return model
-
-
-def unwrap(model: nn.Module) -> nn.Module:
-    """The plain causal LM under DDP/DeepSpeed and peft wrappers."""
-    model = unwrap_distributed(model)
-    return model.get_base_model() if hasattr(model, "get_base_model") else model
-
-
-@contextmanager
-def capture_hidden(causal_lm: nn.Module) -> Iterator[dict[str, Tensor]]:
-    """Record the decoder's final (normed) hidden states during a forward pass."""
-    store: dict[str, Tensor] = {}
-
-    def hook(_module: nn.Module, _args: Any, output: Any) -> None:
-        store["hidden"] = output.last_hidden_state if hasattr(output, "last_hidden_state") else output[0]
-
-    handle = causal_lm.get_decoder().register_forward_hook(hook)
-    try:
-        yield store
-    finally:
-        handle.remove()
-
-
-class Reference:
-    """The frozen reference policy: hidden states (chunked loss) or logits (full loss), no grad."""
-
-    def __init__(self, policy: nn.Module, frozen_copy: nn.Module | None = None) -> None:
-        self.policy = policy
-        self.frozen_copy = frozen_copy
-
-    def _context(self):
-        if self.frozen_copy is not None:
-            return nullcontext()
-        peft_model = unwrap_distributed(self.policy)
-        if not hasattr(peft_model, "disable_adapter"):
-            raise RuntimeError("full fine-tuning needs a frozen reference copy (frozen_copy)")
-        return peft_model.disable_adapter()
-
-    def _model(self) -> nn.Module:
-        return self.frozen_copy if self.frozen_copy is not None else self.policy
-
-    @torch.no_grad()
-    def hidden_and_head(self, inputs: Mapping[str, Tensor]) -> tuple[Tensor, Tensor]:
-        model = self._model()
-        with self._context(), capture_hidden(unwrap(model)) as store:
-            model(**inputs, logits_to_keep=1)
-        return store["hidden"].detach(), unwrap(model).get_output_embeddings().weight.detach()
-
-    @torch.no_grad()
-    def logits(self, inputs: Mapping[str, Tensor]) -> Tensor:
-        with self._context():
-            return self._model()(**inputs).logits.detach()
 
 
 class AnchoredTrainer(Trainer):
@@ -186,31 +135,6 @@ class AnchoredTrainer(Trainer):
 
 
 
-def pad_collator(pad_id: int | None):
-    """Right-pad input_ids with pad_id, labels with -100; attention mask marks real tokens."""
-    if pad_id is None:  # torch.full would fail later with "fill_value must be Number"
-        from asft.train.models import MissingPadTokenError
-
-        raise MissingPadTokenError(
-            "training: the tokenizer has no pad token, so batches cannot be padded; the model stage gives it one "
-            "(model.missing_pad_token: add | eos), so train from the folder the model stage made"
-        )
-
-    def collate(features: list[Mapping[str, list[int]]]) -> dict[str, Tensor]:
-        width = max(len(f["input_ids"]) for f in features)
-        ids = torch.full((len(features), width), pad_id, dtype=torch.long)
-        labels = torch.full((len(features), width), -100, dtype=torch.long)
-        mask = torch.zeros((len(features), width), dtype=torch.long)
-        for row, feature in enumerate(features):
-            n = len(feature["input_ids"])
-            ids[row, :n] = torch.tensor(feature["input_ids"])
-            labels[row, :n] = torch.tensor(feature["labels"])
-            mask[row, :n] = 1
-        return {"input_ids": ids, "attention_mask": mask, "labels": labels}
-
-    return collate
-
-
 class MetricsWriter:
     """A TrainerCallback-compatible writer of per-step metrics (jsonl, one line per log)."""
 
@@ -237,16 +161,6 @@ class MetricsWriter:
             entry = json.loads(line)
             by_key[(entry["step"], "loss" in entry)] = entry
         return [by_key[k] for k in sorted(by_key)]
-
-
-def last_complete_checkpoint(checkpoint_dir: Path) -> str | None:
-    """The newest checkpoint whose save finished (trainer_state.json is written last by the Trainer);
-    a job killed while saving leaves a partial checkpoint-N that must not be resumed from."""
-    if not checkpoint_dir.is_dir():
-        return None
-    complete = [path for path in checkpoint_dir.glob("checkpoint-*")
-                if path.name.split("-")[-1].isdigit() and (path / "trainer_state.json").is_file()]
-    return str(max(complete, key=lambda path: int(path.name.split("-")[-1]))) if complete else None
 
 
 def _deepspeed_stage(path: str | None) -> int:
@@ -279,8 +193,8 @@ def _load_model(model_dir: Path, dtype: torch.dtype):
 
 
 def train_run(
-    settings: Mapping[str, Any],
-    runtime: Mapping[str, Any],
+    settings: TrainSettings,
+    runtime: TrainRuntime,
     *,
     model_dir: Path,
     dataset_dir: Path,
@@ -298,30 +212,24 @@ def train_run(
     from transformers import AutoTokenizer, TrainingArguments, set_seed
 
     torch.set_num_threads(threads)
-    seed = int(settings["seed"])
+    seed = settings.seed
     set_seed(seed)
-    precision = settings["precision"]
-    bf16 = precision != "fp32"
-    dtype = weights_dtype(precision, settings["method"])
-    stage3 = _deepspeed_stage(runtime.get("deepspeed")) == 3
-    implementation = "full" if stage3 else runtime.get("implementation", "chunked")
-    spec = LossSpec(
-        mode=settings["mode"], kl_weight=float(settings["kl_weight"]),
-        kl_direction=settings["kl_direction"] or "ref_policy", hparams=dict(settings["hparams"]),
-        normalize=NORMALIZE_ALIASES.get(settings["normalize"], settings["normalize"]), implementation=implementation,
-        chunk_size=int(runtime.get("chunk_size", 256)),
-    )
+    bf16 = settings.precision != "fp32"
+    dtype = weights_dtype(settings.precision, settings.method)
+    stage3 = _deepspeed_stage(runtime.deepspeed) == 3
+    implementation = "full" if stage3 else runtime.implementation
+    spec = LossSpec.of(settings, implementation=implementation, chunk_size=runtime.chunk_size)
 
     tokenizer = AutoTokenizer.from_pretrained(model_dir)
     model = _load_model(model_dir, dtype)
     reference = None
-    if settings["method"] == "lora":
+    if settings.method == "lora":
         from peft import LoraConfig, get_peft_model
 
-        lora = settings["lora"]
+        lora = settings.lora
         model = get_peft_model(model, LoraConfig(
-            r=lora["r"], lora_alpha=lora["alpha"], lora_dropout=lora["dropout"],
-            target_modules=list(lora["target_modules"]), task_type="CAUSAL_LM",
+            r=lora.r, lora_alpha=lora.alpha, lora_dropout=lora.dropout,
+            target_modules=list(lora.target_modules), task_type="CAUSAL_LM",
         ))
         if spec.needs_reference:
             reference = Reference(model)
@@ -331,34 +239,34 @@ def train_run(
         reference = Reference(model, frozen_copy=frozen)
 
     dataset = load_from_disk(str(dataset_dir))
-    per_device = int(settings["per_device_batch_size"])
-    accumulation = max(1, int(settings["global_batch_size"]) // (per_device * _world_size()))
+    per_device = settings.per_device_batch_size
+    accumulation = max(1, settings.global_batch_size // (per_device * _world_size()))
     args = TrainingArguments(
         output_dir=str(checkpoint_dir),
-        max_steps=int(settings["max_steps"]) if settings["max_steps"] else -1,
-        num_train_epochs=float(settings["epochs"] or 1.0),
+        max_steps=settings.max_steps or -1,
+        num_train_epochs=settings.epochs or 1.0,
         per_device_train_batch_size=per_device,
         gradient_accumulation_steps=accumulation,
-        learning_rate=float(settings["lr"]),
-        lr_scheduler_type=settings["lr_scheduler"],
+        learning_rate=settings.lr,
+        lr_scheduler_type=settings.lr_scheduler,
         # A float below 1 is a ratio of the optimizer steps, rounded up (HF 5; HF 4's warmup_ratio).
-        warmup_steps=float(settings["warmup_ratio"]) if settings.get("warmup_ratio") else int(settings["warmup_steps"]),
-        weight_decay=float(settings["weight_decay"]),
-        adam_beta1=float(settings["adam_betas"][0]),
-        adam_beta2=float(settings["adam_betas"][1]),
-        max_grad_norm=float(settings["max_grad_norm"]),
+        warmup_steps=settings.warmup_ratio if settings.warmup_ratio else settings.warmup_steps,
+        weight_decay=settings.weight_decay,
+        adam_beta1=settings.adam_betas[0],
+        adam_beta2=settings.adam_betas[1],
+        max_grad_norm=settings.max_grad_norm,
         bf16=bf16,
         seed=seed,
         data_seed=seed,
-        logging_steps=int(runtime.get("logging_steps", 10)),
+        logging_steps=runtime.logging_steps,
         save_strategy="steps",
-        save_steps=int(runtime.get("save_steps", 100)),
+        save_steps=runtime.save_steps,
         save_total_limit=1,
         report_to=[],
         dataloader_num_workers=0,
         remove_unused_columns=False,
-        deepspeed=runtime.get("deepspeed"),
-        activation_checkpointing=bool(runtime.get("gradient_checkpointing")),
+        deepspeed=runtime.deepspeed,
+        activation_checkpointing=runtime.gradient_checkpointing,
         disable_tqdm=not progress,
         use_cpu=not torch.cuda.is_available(),
     )
@@ -371,7 +279,7 @@ def train_run(
     if reference is not None and reference.frozen_copy is not None:
         reference.frozen_copy = prepare_reference(reference.frozen_copy, trainer)
     resume = last_complete_checkpoint(checkpoint_dir)
-    result = trainer.train(resume_from_checkpoint=resume)
+    result = trainer.train(resume_from_checkpoint=str(resume) if resume else None)
 
     final = out_dir / "model"
     trainer.save_model(str(final))  # every rank takes part (ZeRO-3 gathers); rank 0 writes
@@ -382,72 +290,16 @@ def train_run(
     with open(out_dir / METRICS_FILE, "w") as handle:
         for entry in entries:
             handle.write(json.dumps(entry) + "\n")
-    plot_curves(entries, out_dir / "curves.png", title=f"{settings['mode']} seed {seed}")
+    plot_curves(entries, out_dir / "curves.png", title=f"{settings.mode} seed {seed}")
     losses = [e["loss"] for e in entries if "loss" in e]
     return {
         "steps": trainer.state.global_step,
-        "resumed_from": Path(resume).name if resume else None,
+        "resumed_from": resume.name if resume else None,
         "train_runtime_s": round(result.metrics.get("train_runtime", math.nan), 2),
         "final_loss": losses[-1] if losses else None,
         "gradient_accumulation": accumulation,
         "loss_implementation": implementation,
     }
-
-
-def launch_distributed(settings: Mapping[str, Any], runtime: Mapping[str, Any], *, model_dir: Path,
-                       dataset_dir: Path, out_dir: Path, checkpoint_dir: Path, threads: int,
-                       num_processes: int) -> dict[str, Any]:
-    """Run `train_run` in `num_processes` processes with torchrun (one per GPU; gloo on CPU).
-
-    DeepSpeed and DDP both work under torchrun with the HF Trainer; the ZeRO config comes from
-    `train.deepspeed`. Rank 0 writes the outputs and the stats file read back here.
-    """
-    import subprocess
-    import sys
-
-    checkpoint_dir.mkdir(parents=True, exist_ok=True)
-    spec = checkpoint_dir / "launch.json"
-    stats_file = checkpoint_dir / "launch_stats.json"
-    stats_file.unlink(missing_ok=True)
-    spec.write_text(json.dumps({
-        "settings": dict(settings), "runtime": dict(runtime), "model_dir": str(model_dir),
-        "dataset_dir": str(dataset_dir), "out_dir": str(out_dir), "checkpoint_dir": str(checkpoint_dir),
-        "threads": threads, "stats_file": str(stats_file),
-    }))
-    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={num_processes}",
-               "-m", "asft.train.trainer", str(spec)]
-    print("[asft] launching:", " ".join(command), flush=True)
-    subprocess.run(command, check=True)
-    return json.loads(stats_file.read_text())
-
-
-def _distributed_worker(spec_path: str) -> None:
-    spec = json.loads(Path(spec_path).read_text())
-    stats = train_run(spec["settings"], spec["runtime"], model_dir=Path(spec["model_dir"]),
-                      dataset_dir=Path(spec["dataset_dir"]), out_dir=Path(spec["out_dir"]),
-                      checkpoint_dir=Path(spec["checkpoint_dir"]), threads=spec["threads"])
-    if int(os.environ.get("RANK", "0")) == 0:
-        Path(spec["stats_file"]).write_text(json.dumps(stats))
-
-
-def prepare_reference(frozen: nn.Module, trainer: Any) -> nn.Module:
-    """Place the frozen reference like the policy: DeepSpeed-initialised (ZeRO-3 shards it across
-    GPUs instead of replicating ~14 GB per GPU for a 7B model), else moved to the policy's device."""
-    if trainer.is_deepspeed_enabled:
-        import copy
-
-        import deepspeed
-
-        ds_config = copy.deepcopy(trainer.accelerator.state.deepspeed_plugin.deepspeed_config)
-        stage = ds_config.get("zero_optimization", {}).get("stage", 0)
-        if stage != 3:
-            ds_config.setdefault("zero_optimization", {})["stage"] = 0  # a frozen copy needs no ZeRO-1/2
-        ds_config.pop("optimizer", None)
-        ds_config.pop("scheduler", None)
-        engine, *_ = deepspeed.initialize(model=frozen, config=ds_config)
-        engine.eval()
-        return engine
-    return frozen.to(trainer.args.device)
 
 
 def plot_curves(entries: list[Mapping[str, Any]], path: Path, *, title: str) -> None:
@@ -471,13 +323,3 @@ def plot_curves(entries: list[Mapping[str, Any]], path: Path, *, title: str) -> 
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
-
-
-def remove_checkpoints(checkpoint_dir: Path) -> None:
-    shutil.rmtree(checkpoint_dir, ignore_errors=True)
-
-
-if __name__ == "__main__":  # a torchrun worker: python -m asft.train.trainer <launch.json>
-    import sys
-
-    _distributed_worker(sys.argv[1])

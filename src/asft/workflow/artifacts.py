@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -22,6 +23,8 @@ from pathlib import Path
 from typing import Any
 
 from asft.core.files import sha256_file
+from asft.core.settings import Runtime, StageSettings
+from asft.workflow.keys import KEY_LENGTH
 
 MANIFEST = "manifest.json"
 TRACKED_PACKAGES = ("asft", "torch", "transformers", "peft", "trl", "datasets", "tokenizers", "math-verify", "vllm", "deepspeed")
@@ -57,45 +60,51 @@ def file_hashes(folder: Path) -> dict[str, str]:
 
 @dataclass(frozen=True)
 class Node:
-    """One stage run: what the workflow plan passes to a stage script."""
+    """One stage run: its typed settings, its parents and labels, as the plan made it."""
 
     stage: str
     key: str
-    settings: Mapping[str, Any]  # what the key hashes
+    settings: StageSettings  # the stage's settings model; its key_payload() is what the key hashes
     parents: Mapping[str, str]  # role -> "stage/key" of each input artifact
     labels: Mapping[str, Any]  # human labels (mode, seed, benchmark), not hashed
-    runtime: Mapping[str, Any] = field(default_factory=dict)  # how, not what: chunk size, batch size
+    runtime: Runtime | None = None  # how, not what: chunk size, batch size
 
-    @classmethod
-    def from_dict(cls, data: Mapping[str, Any]) -> Node:
-        return cls(
-            data["stage"], data["key"], data["settings"], data.get("parents", {}),
-            data.get("labels", {}), data.get("runtime", {}),
-        )
-
-    def to_dict(self) -> dict[str, Any]:
+    def record(self) -> dict[str, Any]:
+        """What a manifest records: the settings as the key hashed them, parents, labels, runtime."""
         return {
             "stage": self.stage,
             "key": self.key,
-            "settings": dict(self.settings),
+            "settings": self.settings.key_payload(),
             "parents": dict(self.parents),
             "labels": dict(self.labels),
-            "runtime": dict(self.runtime),
+            "runtime": self.runtime.model_dump(mode="json") if self.runtime is not None else {},
         }
+
+    def to_json(self) -> dict[str, Any]:
+        """What a job reads back (asft.workflow.plan.read_node): the settings as the model dumps them."""
+        return {**self.record(), "settings": self.settings.model_dump(mode="json")}
+
+
+# --- the results layout: one definition of every name under results/<stage>/ ---------------------
+
+TMP_MARK = ".tmp-"  # <key>.tmp-<pid>: an artifact being written by process <pid>
+PARTIAL_MARK = ".partial"  # <key>.partial: a training run's checkpoints, kept across kills
+KEY_RE = re.compile(rf"^[0-9a-f]{{{KEY_LENGTH}}}$")
+TMP_RE = re.compile(rf"^(?P<key>[0-9a-f]{{{KEY_LENGTH}}}){re.escape(TMP_MARK)}(?P<pid>\d+)$")
+PARTIAL_RE = re.compile(rf"^(?P<key>[0-9a-f]{{{KEY_LENGTH}}}){re.escape(PARTIAL_MARK)}$")
 
 
 def artifact_dir(results: Path, stage: str, key: str) -> Path:
     return Path(results) / stage / key
 
 
-def read_manifest(folder: Path) -> dict[str, Any]:
-    path = Path(folder) / MANIFEST
-    try:
-        return json.loads(path.read_text())
-    except FileNotFoundError:
-        raise FileNotFoundError(f"{path}: missing; the stage that makes {folder} has not completed") from None
-    except json.JSONDecodeError as error:
-        raise ValueError(f"{path}: corrupted manifest ({error}); run `asft verify --fix`") from None
+def partial_dir(final: Path) -> Path:
+    """Where a stage keeps what must survive a killed job (training checkpoints), beside its artifact."""
+    return final.parent / f"{final.name}{PARTIAL_MARK}"
+
+
+def tmp_dir(final: Path, pid: int) -> Path:
+    return final.parent / f"{final.name}{TMP_MARK}{pid}"
 
 
 def _clear_target(final: Path) -> None:
@@ -146,16 +155,16 @@ def writing_artifact(final: Path, node: Node, extra: Mapping[str, Any] | None = 
     """
     final = Path(final)
     final.parent.mkdir(parents=True, exist_ok=True)
-    for stale in final.parent.glob(f"{final.name}.tmp-*"):
+    for stale in final.parent.glob(f"{final.name}{TMP_MARK}*"):
         if not _process_alive(stale.name.rsplit("-", 1)[-1]):
             shutil.rmtree(stale, ignore_errors=True)  # left by a killed job; a live one keeps its own
-    tmp = final.parent / f"{final.name}.tmp-{os.getpid()}"
+    tmp = tmp_dir(final, os.getpid())
     tmp.mkdir()
     started = time.time()
     try:
         yield tmp
         manifest = {
-            **node.to_dict(),
+            **node.record(),
             "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
             "wall_seconds": round(time.time() - started, 3),
             "packages": package_versions(),

@@ -15,6 +15,8 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from asft.embedded.spec import EmbeddedBaseSpec
+
 ROOT = Path(__file__).resolve().parents[3]
 DEFAULT_CONFIG = ROOT / "config" / "config.yaml"
 
@@ -27,37 +29,6 @@ class _Strict(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid", allow_inf_nan=False)
 
 
-class EmbeddedSpecModel(_Strict):
-    """The tiny base model the workflow pre-trains itself (see asft.embedded.pretrain)."""
-
-    hidden_size: int = Field(128, ge=8, description="Width of the tiny Qwen2 model.")
-    num_layers: int = Field(2, ge=1, description="Decoder layers.")
-    num_heads: int = Field(4, ge=1, description="Attention heads.")
-    num_kv_heads: int = Field(2, ge=1, description="Key/value heads (grouped-query attention).")
-    intermediate_size: int = Field(512, ge=8, description="MLP width.")
-    max_positions: int = Field(64, ge=16, description="Longest sequence the model handles.")
-    tie_embeddings: bool = Field(True, description="Share input embedding and LM head.")
-    task_mix: dict[str, float] = Field(
-        default_factory=lambda: {"add": 0.46, "sub": 0.46, "mul": 0.08},
-        description="Pre-training task mixture (task name -> probability).",
-    )
-    steps: int = Field(1000, ge=1, description="Pre-training optimizer steps.")
-    batch_size: int = Field(64, ge=1, description="Pre-training batch size.")
-    lr: float = Field(3e-3, gt=0, description="Peak pre-training learning rate.")
-    warmup: int = Field(100, ge=0, description="Linear warm-up steps.")
-    min_lr_ratio: float = Field(0.1, ge=0, le=1, description="Cosine floor as a fraction of lr.")
-    betas: tuple[float, float] = Field((0.9, 0.98), description="AdamW betas.")
-    weight_decay: float = Field(0.0, ge=0, description="AdamW weight decay.")
-    grad_clip: float = Field(1.0, gt=0, description="Gradient-norm clip.")
-    split_seed: int = Field(0, ge=0, description="Seed of the fixed train/test split of every task.")
-    seed: int = Field(0, ge=0, description="Initialisation and sampling seed of pre-training.")
-
-    def to_spec(self):  # -> asft.embedded.pretrain.EmbeddedBaseSpec (imported lazily: torch)
-        from asft.embedded.pretrain import EmbeddedBaseSpec
-
-        return EmbeddedBaseSpec.from_dict(self.model_dump())
-
-
 class ModelConfig(_Strict):
     """The base model to fine-tune."""
 
@@ -67,7 +38,7 @@ class ModelConfig(_Strict):
     id: str | None = Field(None, description="Hub id, e.g. Qwen/Qwen2.5-7B (source hub).")
     revision: str = Field("main", description="Hub revision (branch, tag or commit).")
     local_path: str | None = Field(None, description="Folder with config.json, weights and tokenizer.")
-    embedded: EmbeddedSpecModel = Field(default_factory=EmbeddedSpecModel, description="Embedded recipe.")
+    embedded: EmbeddedBaseSpec = Field(default_factory=EmbeddedBaseSpec, description="Embedded recipe.")
     missing_pad_token: Literal["add", "eos"] = Field(
         "add",
         description="A tokenizer without a pad token (Llama-2): add: add '[PAD]' and resize the embeddings, the new "

@@ -15,17 +15,12 @@ import math
 from collections.abc import Mapping
 from typing import Any
 
+from asft.workflow.stages import STAGES
+
 KEY_LENGTH = 16
 
-#: Bump a stage's version when its outputs would change for the same settings.
-STAGE_VERSIONS: Mapping[str, int] = {
-    "model": 1,
-    "data": 1,
-    "tokenize": 2,  # 2: chat targets end with the end-of-turn markup; Llama-style BOS masked
-    "train": 1,
-    "merge": 1,
-    "eval": 1,
-}
+#: Each stage's semantic version, from the stage table (asft.workflow.stages).
+STAGE_VERSIONS: Mapping[str, int] = {stage.name: stage.version for stage in STAGES}
 
 
 def canonical_json(value: Any) -> str:

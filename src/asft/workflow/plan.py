@@ -1,107 +1,115 @@
-"""The workflow plan: every stage run of a configuration, with its content key.
+"""The workflow plan: every stage run of a configuration, with its typed settings and content key.
 
-`build_plan(config)` resolves each stage's settings (only what changes its result), hashes them
-with the keys of its inputs (asft.workflow.keys) and returns the nodes the Snakemake rules are made of.
-Settings that do not change a result (chunk size, eval batch size, logging) travel as `runtime`
-and stay out of the key, so changing them re-runs nothing.
+`build_plan(config)` resolves each stage's settings model (only what changes its result:
+asft.train.settings, asft.eval.settings), hashes its key payload with the keys of its inputs
+(asft.workflow.keys) and returns the nodes the Snakemake rules are made of. Settings that do not
+change a result (chunk size, eval batch size, logging) travel as the node's runtime and stay out of
+the key, so changing them re-runs nothing.
+
+At parse time the Snakefile writes each node to a node file (`write_node_files`); a job reads its
+own node back (`read_node`) instead of parsing the config and rebuilding the whole plan, and checks
+that the settings it read still hash to its key.
 """
 
 from __future__ import annotations
 
 import hashlib
+import json
+import os
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from asft.workflow.artifacts import Node
+from asft.core.files import sha256_file
 from asft.eval.benchmarks import get_benchmark
-from asft.workflow.config import ROOT, Config, TrainSetConfig
-from asft.train.data import expected_sha256
-from asft.workflow.keys import KEY_LENGTH, canonical_json, stage_key
-from asft.train.modes import get_mode
 from asft.eval.protocols import get_protocol
+from asft.eval.settings import BenchmarkRef, EvalContext, EvalRuntime, EvalSettings, ProtocolRef
+from asft.train.data import expected_sha256
+from asft.train.settings import (
+    EmbeddedData,
+    EmbeddedModel,
+    HubData,
+    HubModel,
+    LocalData,
+    LocalModel,
+    LoraSettings,
+    MergeSettings,
+    TokenizeRuntime,
+    TokenizeSettings,
+    TrainRuntime,
+    TrainSettings,
+)
+from asft.core.settings import Runtime, StageSettings
+from asft.workflow.artifacts import Node
+from asft.workflow.config import ROOT, Config, TrainSetConfig
+from asft.workflow.keys import KEY_LENGTH, canonical_json, stage_key
+from asft.workflow.stages import get_stage
 
 BASE_LABEL = "base"
+#: Where the Snakefile writes the nodes at parse time, relative to the working directory.
+NODES_DIR = Path(".snakemake") / "asft" / "nodes"
 
 
-def _node(stage: str, settings: dict[str, Any], parents: dict[str, Node], labels=None, runtime=None) -> Node:
+def _node(stage: str, settings: StageSettings, parents: dict[str, Node], labels: dict[str, Any] | None = None,
+          runtime: Runtime | None = None) -> Node:
     refs = {role: f"{parent.stage}/{parent.key}" for role, parent in parents.items()}
-    return Node(stage, stage_key(stage, settings, refs), settings, refs, labels or {}, runtime or {})
+    return Node(stage, stage_key(stage, settings.key_payload(), refs), settings, refs, labels or {}, runtime)
 
 
-def model_settings(cfg: Config) -> dict[str, Any]:
+def model_settings(cfg: Config) -> StageSettings:
     model = cfg.model
+    fixes = {"missing_pad_token": model.missing_pad_token, "special_tokens": dict(model.special_tokens)}
     if model.source == "embedded":
-        settings: dict[str, Any] = {"source": "embedded", "embedded": model.embedded.model_dump(mode="json")}
-    elif model.source == "hub":
-        settings = {"source": "hub", "id": model.id, "revision": model.revision, "local_path": model.local_path}
-    else:
-        settings = {"source": "local", "path": model.local_path}
-    # Tokenizer fixes enter the key only when they differ from the default, so keys made before them hold.
-    if model.missing_pad_token != "add":
-        settings["missing_pad_token"] = model.missing_pad_token
-    if model.special_tokens:
-        settings["special_tokens"] = dict(sorted(model.special_tokens.items()))
-    return settings
+        return EmbeddedModel(embedded=model.embedded, **fixes)
+    if model.source == "hub":
+        return HubModel(id=model.id, revision=model.revision, local_path=model.local_path, **fixes)
+    return LocalModel(path=model.local_path, **fixes)
 
 
-#: The value a setting had in the keys before it was renamed: users' cached runs keep their keys.
-_NORMALIZE_KEY_NAMES = {"microbatch_mean": "microbatch_tokens"}
-
-
-def data_settings(cfg: Config, train_set: TrainSetConfig) -> dict[str, Any]:
+def data_settings(cfg: Config, train_set: TrainSetConfig) -> StageSettings:
     common = {"size": train_set.size, "subsample_seed": train_set.subsample_seed if train_set.size else None}
     if train_set.source == "embedded":
-        return {"source": "embedded", "task": train_set.task, "split_seed": cfg.model.embedded.split_seed, **common}
+        return EmbeddedData(task=train_set.task, split_seed=cfg.model.embedded.split_seed, **common)
     fields = {"prompt_field": train_set.prompt_field, "response_field": train_set.response_field}
     sha256 = train_set.sha256.lower() if train_set.sha256 else None
     if train_set.source == "hub":
         # The paper's files (asft.train.data.PAPER_FILES) are pinned by their published sha256 when the
         # config gives none: the data stage checks it, and the key holds it.
-        sha256 = sha256 or expected_sha256(train_set.repo, train_set.filename)
-        return {
-            "source": "hub", "repo": train_set.repo, "filename": train_set.filename,
-            "revision": train_set.revision, "sha256": sha256, "local_path": train_set.path,
-            **fields, **common,
-        }
-    local = {"source": "local", "path": train_set.path, "sha256": sha256, **fields, **common}
-    if train_set.filename:  # the file inside a folder given as path; absent otherwise, so older keys hold
-        local["filename"] = train_set.filename
-    return local
+        return HubData(repo=train_set.repo, filename=train_set.filename, revision=train_set.revision,
+                       sha256=sha256 or expected_sha256(train_set.repo, train_set.filename),
+                       local_path=train_set.path, **fields, **common)
+    return LocalData(path=train_set.path, sha256=sha256, filename=train_set.filename, **fields, **common)
 
 
-def train_settings(cfg: Config, mode_name: str, seed: int) -> dict[str, Any]:
-    mode = get_mode(mode_name)
+def tokenize_settings(cfg: Config) -> TokenizeSettings:
+    tok = cfg.tokenize
+    return TokenizeSettings(template=tok.template, max_length=tok.max_length, overlong=tok.overlong,
+                            prompt_boundary=tok.prompt_boundary)
+
+
+def train_settings(cfg: Config, mode: str, seed: int) -> TrainSettings:
     train = cfg.train
-    hparams = {**mode.defaults, **cfg.loss.hparams.get(mode_name, {})}
-    settings: dict[str, Any] = {
-        "mode": mode_name,
-        "hparams": hparams,
-        # KL settings enter only the runs whose loss has a KL term: changing kl_weight
-        # leaves sft and dft untouched.
-        "kl_weight": cfg.loss.kl_weight if mode.uses_kl else 0.0,
-        "kl_direction": cfg.loss.kl_direction if mode.uses_kl else None,
-        "normalize": _NORMALIZE_KEY_NAMES.get(cfg.loss.normalize, cfg.loss.normalize),
-        "seed": seed,
-        "method": train.method,
-        "lora": train.lora.model_dump(mode="json") if train.method == "lora" else None,
-        "max_steps": train.max_steps,
-        "epochs": None if train.max_steps else train.epochs,
-        "global_batch_size": train.global_batch_size,
-        "per_device_batch_size": train.per_device_batch_size,
-        "lr": train.lr,
-        "lr_scheduler": train.lr_scheduler,
-        "warmup_steps": train.warmup_steps,
-        **({"warmup_ratio": train.warmup_ratio} if train.warmup_ratio is not None else {}),
-        "weight_decay": train.weight_decay,
-        "adam_betas": list(train.adam_betas),
-        "max_grad_norm": train.max_grad_norm,
-        # Full fine-tuning in "bf16" stepped bf16 weights before bf16_pure existed; now it keeps fp32
-        # master weights, so its key says so and never reuses a run made the old way.
-        "precision": "bf16_mixed" if (train.method, train.precision) == ("full", "bf16") else train.precision,
-    }
-    return settings
+    return TrainSettings.for_mode(
+        mode, kl_weight=cfg.loss.kl_weight, kl_direction=cfg.loss.kl_direction,
+        hparams=dict(cfg.loss.hparams.get(mode, {})),
+        normalize=cfg.loss.normalize,
+        seed=seed,
+        method=train.method,
+        lora=LoraSettings(**train.lora.model_dump()) if train.method == "lora" else None,
+        max_steps=train.max_steps,
+        epochs=None if train.max_steps else train.epochs,
+        global_batch_size=train.global_batch_size,
+        per_device_batch_size=train.per_device_batch_size,
+        lr=train.lr,
+        lr_scheduler=train.lr_scheduler,
+        warmup_steps=train.warmup_steps,
+        warmup_ratio=train.warmup_ratio,
+        weight_decay=train.weight_decay,
+        adam_betas=train.adam_betas,
+        max_grad_norm=train.max_grad_norm,
+        precision="bf16_mixed" if (train.method, train.precision) == ("full", "bf16") else train.precision,
+    )
 
 
 def repo_path(path: str | None) -> str | None:
@@ -111,50 +119,45 @@ def repo_path(path: str | None) -> str | None:
     return str(ROOT / path) if (ROOT / path).exists() else path
 
 
-def train_runtime(cfg: Config) -> dict[str, Any]:
-    return {
-        "implementation": cfg.loss.implementation,
-        "chunk_size": cfg.loss.chunk_size,
-        "save_steps": cfg.train.save_steps,
-        "logging_steps": cfg.train.logging_steps,
-        "deepspeed": repo_path(cfg.train.deepspeed),
-        "gradient_checkpointing": cfg.train.gradient_checkpointing,
-        "num_processes": cfg.train.num_processes or max(1, cfg.resources.train.gpus),
-    }
+def train_runtime(cfg: Config) -> TrainRuntime:
+    return TrainRuntime(
+        implementation=cfg.loss.implementation,
+        chunk_size=cfg.loss.chunk_size,
+        save_steps=cfg.train.save_steps,
+        logging_steps=cfg.train.logging_steps,
+        deepspeed=repo_path(cfg.train.deepspeed),
+        gradient_checkpointing=cfg.train.gradient_checkpointing,
+        num_processes=cfg.train.num_processes or max(1, cfg.resources.train.gpus),
+    )
 
 
-def eval_settings(cfg: Config, benchmark: str) -> dict[str, Any]:
+def eval_settings(cfg: Config, benchmark: str) -> EvalSettings:
     ev = cfg.eval
     protocol = get_protocol(ev.protocol)
     fields = protocol.eval_fields() if protocol else {
         "template": ev.template, "n_samples": ev.n_samples, "temperature": ev.temperature, "top_p": ev.top_p,
         "max_new_tokens": ev.max_new_tokens, "scoring": ev.scoring,
     }
-    if fields["scoring"] == "generate":  # absent means generate, so keys made before the option hold
-        del fields["scoring"]
     sampled = fields["temperature"] > 0
-    context: dict[str, Any] = {}
+    context = EvalContext()
     if benchmark.startswith("embedded_"):
-        context["split_seed"] = cfg.model.embedded.split_seed
+        context = EvalContext(split_seed=cfg.model.embedded.split_seed)
     if benchmark in ev.benchmark_files:
-        from asft.core.files import sha256_file
-
         local = Path(ev.benchmark_files[benchmark])
         if not local.is_file():
             raise FileNotFoundError(f"eval.benchmark_files.{benchmark}: {local} does not exist")
-        context.update(local_file=str(local), local_sha256=sha256_file(local))
-    return {
-        "benchmark": get_benchmark(benchmark).settings(),
-        "context": context,
-        "protocol": {"name": protocol.name, "version": protocol.version} if protocol else None,
-        "backend": ev.backend,
-        **fields,
-        "top_p": fields["top_p"] if sampled else 1.0,
-        "stop": list(ev.stop),
-        "seed": ev.seed,
-        "drift": ev.drift,
-        "limit": ev.limit,
-    }
+        context = EvalContext(local_file=str(local), local_sha256=sha256_file(local))
+    return EvalSettings(
+        benchmark=BenchmarkRef.model_validate(get_benchmark(benchmark).settings()),
+        context=context,
+        protocol=ProtocolRef(name=protocol.name, version=protocol.version) if protocol else None,
+        backend=ev.backend,
+        **{**fields, "top_p": fields["top_p"] if sampled else 1.0},
+        stop=list(ev.stop),
+        seed=ev.seed,
+        drift=ev.drift,
+        limit=ev.limit,
+    )
 
 
 @dataclass(frozen=True)
@@ -205,46 +208,78 @@ class Plan:
 def build_plan(cfg: Config) -> Plan:
     plan = Plan(cfg)
     model = plan.add(_node("model", model_settings(cfg), {}, {"model": cfg.model.id or cfg.model.source}))
-    tokenize_settings = {
-        "template": cfg.tokenize.template,
-        "max_length": cfg.tokenize.max_length,
-        "overlong": cfg.tokenize.overlong,
-    }
-    if cfg.tokenize.prompt_boundary != "exact":  # absent means exact, so keys made before the option hold
-        tokenize_settings["prompt_boundary"] = cfg.tokenize.prompt_boundary
+    tokenize = tokenize_settings(cfg)
+    eval_runtime = EvalRuntime(batch_size=cfg.eval.batch_size, tensor_parallel=cfg.eval.tensor_parallel)
+    evals = {benchmark: eval_settings(cfg, benchmark) for benchmark in cfg.eval.benchmarks}
 
     def add_evals(evaluated: Node, labels: dict[str, Any]) -> None:
-        for benchmark in cfg.eval.benchmarks:
+        for benchmark, settings in evals.items():
             parents = {"model": evaluated}
             if cfg.eval.drift and evaluated is not model:
                 parents["base"] = model
-            plan.add(
-                _node(
-                    "eval", eval_settings(cfg, benchmark), parents,
-                    {**labels, "benchmark": benchmark},
-                    {"batch_size": cfg.eval.batch_size, "tensor_parallel": cfg.eval.tensor_parallel},
-                )
-            )
+            plan.add(_node("eval", settings, parents, {**labels, "benchmark": benchmark}, eval_runtime))
 
     if cfg.evaluate_base:
         add_evals(model, {"train_set": "-", "mode": BASE_LABEL, "seed": None})
     for train_set in cfg.train_sets:
         data = plan.add(_node("data", data_settings(cfg, train_set), {}, {"train_set": train_set.name}))
-        tokenized = plan.add(
-            _node("tokenize", tokenize_settings, {"model": model, "data": data}, {"train_set": train_set.name},
-                  {"num_proc": cfg.tokenize.num_proc})
-        )
+        tokenized = plan.add(_node("tokenize", tokenize, {"model": model, "data": data},
+                                   {"train_set": train_set.name}, TokenizeRuntime(num_proc=cfg.tokenize.num_proc)))
         for mode in cfg.modes:
             for seed in cfg.seeds:
                 labels = {"train_set": train_set.name, "mode": mode, "seed": seed}
-                trained = plan.add(
-                    _node("train", train_settings(cfg, mode, seed), {"model": model, "tokenize": tokenized},
-                          labels, train_runtime(cfg))
-                )
+                trained = plan.add(_node("train", train_settings(cfg, mode, seed),
+                                         {"model": model, "tokenize": tokenized}, labels, train_runtime(cfg)))
                 evaluated = trained
                 if cfg.train.method == "lora":
-                    evaluated = plan.add(
-                        _node("merge", {"dtype": cfg.merge_dtype}, {"train": trained, "model": model}, labels)
-                    )
+                    evaluated = plan.add(_node("merge", MergeSettings(dtype=cfg.merge_dtype),
+                                               {"train": trained, "model": model}, labels))
                 add_evals(evaluated, labels)
     return plan
+
+
+# --- node files: the plan as the jobs read it ------------------------------------------------------
+
+def node_file(nodes_dir: Path, stage: str, key: str) -> Path:
+    return Path(nodes_dir) / stage / f"{key}.json"
+
+
+def write_node_files(plan: Plan, nodes_dir: Path = NODES_DIR) -> int:
+    """Write each node to its file (temp file + rename, so a job never reads half a file); a file that
+    already holds the same node is left alone. Returns how many were written."""
+    written = 0
+    for node in plan.iter_nodes():
+        path = node_file(nodes_dir, node.stage, node.key)
+        text = json.dumps(node.to_json(), indent=1, sort_keys=True) + "\n"
+        try:
+            if path.read_text() == text:
+                continue
+        except OSError:
+            path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
+        tmp.write_text(text)
+        tmp.replace(path)
+        written += 1
+    return written
+
+
+def read_node(stage: str, key: str, nodes_dir: Path = NODES_DIR) -> Node:
+    """A job's node from its file, its settings validated into the stage's model and checked against
+    the key (a node file edited or left by another version of the code stops the job here)."""
+    path = node_file(nodes_dir, stage, key)
+    try:
+        data = json.loads(path.read_text())
+    except FileNotFoundError:
+        raise FileNotFoundError(f"{path}: missing; the workflow writes it when Snakemake parses the Snakefile "
+                                "(run the same snakemake command again)") from None
+    except json.JSONDecodeError as error:
+        raise ValueError(f"{path}: not JSON ({error}); run the same snakemake command again") from None
+    table = get_stage(stage)
+    settings = table.parse_settings(data["settings"])
+    node = Node(stage, key, settings, data.get("parents", {}), data.get("labels", {}),
+                table.parse_runtime(data.get("runtime")))
+    actual = stage_key(stage, settings.key_payload(), node.parents)
+    if actual != key:
+        raise ValueError(f"{path}: its settings hash to {actual}, not {key}; the file was edited or written by "
+                         "another version of asft (run the same snakemake command again)")
+    return node

@@ -1,0 +1,75 @@
+"""Typed settings of the eval stage: which benchmark, how it is prompted, sampled and scored.
+
+One frozen model per evaluation (asft.core.settings): the plan builds it from the config and the
+named protocol, its `key_payload()` is what the eval key hashes, and the runner receives it as it is.
+No torch import.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import Field
+
+from asft.core.settings import Runtime, StageSettings
+
+
+class HubSourceRef(StageSettings):
+    """Where a hub benchmark's rows come from (a local copy's bytes are in `EvalContext` instead)."""
+
+    repo: str
+    split: str
+    subsets: list[str | None]
+    revision: str
+
+
+class BenchmarkRef(StageSettings):
+    """A registered benchmark's identity: name, version and the sha256 of its shipped file."""
+
+    name: str
+    version: int
+    sha256: str | None = None
+    hub: HubSourceRef | None = None
+
+    key_omits = {"hub": None}  # file benchmarks have no hub source
+
+
+class EvalContext(StageSettings):
+    """What else decides a benchmark's rows: the embedded split, or a local copy of a hub benchmark."""
+
+    split_seed: int | None = None
+    local_file: str | None = None
+    local_sha256: str | None = None
+
+    key_omits = {"split_seed": None, "local_file": None, "local_sha256": None}
+
+
+class ProtocolRef(StageSettings):
+    """A named evaluation protocol (asft.eval.protocols) and its version."""
+
+    name: str
+    version: int
+
+
+class EvalSettings(StageSettings):
+    benchmark: BenchmarkRef
+    context: EvalContext = Field(default_factory=EvalContext)
+    protocol: ProtocolRef | None = None  # None: the eval section's own fields (`custom`)
+    backend: Literal["hf", "vllm"] = "hf"
+    template: Literal["plain", "alpaca", "chat", "cot", "choice"] = "plain"
+    n_samples: int = Field(1, ge=1)
+    temperature: float = Field(0.0, ge=0)
+    top_p: float = 1.0  # 1.0 whenever sampling is greedy, so an unused top_p changes no key
+    max_new_tokens: int = Field(32, ge=1)
+    scoring: Literal["generate", "choice_logprobs"] = "generate"
+    stop: list[str] = Field(default_factory=list)
+    seed: int = 0
+    drift: bool = True
+    limit: int | None = None
+
+    key_omits = {"scoring": "generate"}  # absent means generate, so keys made before the option hold
+
+
+class EvalRuntime(Runtime):
+    batch_size: int = Field(256, ge=1)
+    tensor_parallel: int = Field(1, ge=1)

@@ -1,0 +1,182 @@
+"""Typed settings of the training side's stages: model, data, tokenize, train and merge.
+
+Each is one frozen model: the plan builds it from the config, its `key_payload()` is what the stage's
+content key hashes, and the stage's runner receives it as it is (asft.core.settings). Runtime models
+hold what changes how a stage runs but not what it computes; they stay out of the keys.
+No torch import: the workflow builds these at parse time.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Any, Literal
+
+from pydantic import Field
+
+from asft.core.settings import Runtime, StageSettings
+from asft.embedded.spec import EmbeddedBaseSpec
+from asft.train.modes import get_mode
+
+# --- model ---------------------------------------------------------------------------------------
+
+
+class _ModelSettings(StageSettings):
+    missing_pad_token: Literal["add", "eos"] = "add"
+    special_tokens: dict[str, str] = Field(default_factory=dict)
+
+    # Tokenizer fixes enter the key only when they differ from the default, so keys made before them hold.
+    key_omits = {"missing_pad_token": "add", "special_tokens": {}}
+
+
+class EmbeddedModel(_ModelSettings):
+    """The tiny base model the workflow pre-trains itself."""
+
+    source: Literal["embedded"] = "embedded"
+    embedded: EmbeddedBaseSpec = Field(default_factory=EmbeddedBaseSpec)
+
+
+class HubModel(_ModelSettings):
+    """A Hugging Face model id at a revision, through the hub cache (or a local mirror folder)."""
+
+    source: Literal["hub"] = "hub"
+    id: str
+    revision: str = "main"
+    local_path: str | None = None
+
+
+class LocalModel(_ModelSettings):
+    """A folder with config.json, weights and tokenizer."""
+
+    source: Literal["local"] = "local"
+    path: str
+
+
+ModelSettings = Annotated[EmbeddedModel | HubModel | LocalModel, Field(discriminator="source")]
+
+
+# --- data ----------------------------------------------------------------------------------------
+
+
+class _DataSettings(StageSettings):
+    size: int | None = None
+    subsample_seed: int | None = None  # only with a size: otherwise the seed changes nothing
+
+
+class EmbeddedData(_DataSettings):
+    """A generated task's fixed train split."""
+
+    source: Literal["embedded"] = "embedded"
+    task: str
+    split_seed: int = 0
+
+
+class HubData(_DataSettings):
+    """A file of a Hugging Face dataset repository, checked against its sha256."""
+
+    source: Literal["hub"] = "hub"
+    repo: str
+    filename: str
+    revision: str = "main"
+    sha256: str | None = None
+    local_path: str | None = None
+    prompt_field: str = "instruction"
+    response_field: str = "response"
+
+
+class LocalData(_DataSettings):
+    """A local .jsonl/.json/.parquet file, or a folder holding `filename`."""
+
+    source: Literal["local"] = "local"
+    path: str
+    sha256: str | None = None
+    prompt_field: str = "instruction"
+    response_field: str = "response"
+    filename: str | None = None
+
+    key_omits = {"filename": None}  # absent unless a folder is given, so older keys hold
+
+
+DataSettings = Annotated[EmbeddedData | HubData | LocalData, Field(discriminator="source")]
+
+
+# --- tokenize --------------------------------------------------------------------------------------
+
+
+class TokenizeSettings(StageSettings):
+    template: Literal["plain", "alpaca", "chat"] = "plain"
+    max_length: int = Field(64, ge=8)
+    overlong: Literal["truncate", "drop"] = "truncate"
+    prompt_boundary: Literal["exact", "upstream"] = "exact"
+
+    key_omits = {"prompt_boundary": "exact"}  # absent means exact, so keys made before the option hold
+
+
+class TokenizeRuntime(Runtime):
+    num_proc: int = Field(1, ge=1)
+
+
+# --- train -----------------------------------------------------------------------------------------
+
+
+class LoraSettings(StageSettings):
+    r: int
+    alpha: float
+    dropout: float
+    target_modules: list[str]
+
+
+class TrainSettings(StageSettings):
+    """One training run: the loss mode, its hyper-parameters, the optimisation and the seed."""
+
+    mode: str
+    hparams: dict[str, float] = Field(default_factory=dict)
+    kl_weight: float = 0.0  # 0 for a mode without a KL term (the registry decides: see `for_mode`)
+    kl_direction: Literal["ref_policy", "policy_ref"] | None = None  # None for a mode without a KL term
+    normalize: Literal["upstream", "microbatch_mean", "global_tokens"] = "microbatch_mean"
+    seed: int = 0
+    method: Literal["lora", "full"] = "lora"
+    lora: LoraSettings | None = None
+    max_steps: int | None = None
+    epochs: float | None = None  # only without max_steps
+    global_batch_size: int
+    per_device_batch_size: int
+    lr: float
+    lr_scheduler: Literal["cosine", "linear", "constant_with_warmup"] = "cosine"
+    warmup_steps: int = 0
+    warmup_ratio: float | None = None
+    weight_decay: float = 0.0
+    adam_betas: tuple[float, float] = (0.9, 0.999)
+    max_grad_norm: float = 1.0
+    # bf16_mixed: full fine-tuning in mixed bf16 (fp32 master weights); `bf16` is then a LoRA run's
+    # bf16 base. Before bf16_pure existed full fine-tuning in "bf16" stepped bf16 weights: the
+    # distinct name keeps such runs from ever being reused.
+    precision: Literal["fp32", "bf16", "bf16_mixed", "bf16_pure"] = "fp32"
+
+    key_omits = {"warmup_ratio": None}  # absent unless set, so keys made before the option hold
+    key_value_names = {"normalize": {"microbatch_mean": "microbatch_tokens"}}  # its name in older keys
+
+    @classmethod
+    def for_mode(cls, mode: str, *, kl_weight: float, kl_direction: str, hparams: dict[str, float],
+                 **fields: Any) -> TrainSettings:
+        """The settings of a run of `mode`: the registry decides, here only, whether the KL settings
+        belong to it (they enter only the runs whose loss has a KL term, so changing kl_weight leaves
+        sft and dft untouched) and fills in the mode's hyper-parameter defaults."""
+        spec = get_mode(mode)
+        return cls(mode=mode, hparams={**spec.defaults, **hparams}, kl_weight=kl_weight if spec.uses_kl else 0.0,
+                   kl_direction=kl_direction if spec.uses_kl else None, **fields)
+
+
+class TrainRuntime(Runtime):
+    implementation: Literal["chunked", "full"] = "chunked"
+    chunk_size: int = Field(256, ge=1)
+    save_steps: int = Field(100, ge=1)
+    logging_steps: int = Field(10, ge=1)
+    deepspeed: str | None = None  # an absolute path (the plan resolves repository-relative ones)
+    gradient_checkpointing: bool = False
+    num_processes: int = Field(1, ge=1)
+
+
+# --- merge -----------------------------------------------------------------------------------------
+
+
+class MergeSettings(StageSettings):
+    dtype: Literal["fp32", "bf16", "fp16"] = "fp32"
