@@ -154,22 +154,12 @@ def test_vllm_backend_passes_the_protocol_to_vllm(monkeypatch):
     import sys
     import types
 
-    calls = {}
+    from tests.stand_ins import vllm_stand_in
 
-    class SamplingParams:
-        def __init__(self, **kwargs):
-            calls["params"] = kwargs
-
-    class LLM:
-        def __init__(self, **kwargs):
-            calls["llm"] = kwargs
-
-        def generate(self, prompts, params):
-            calls["prompts"] = prompts
-            out = types.SimpleNamespace
-            return [out(outputs=[out(text=f"{p} \\boxed{{1}}</s>junk"), out(text="x")]) for p in prompts]
-
-    monkeypatch.setitem(sys.modules, "vllm", types.SimpleNamespace(LLM=LLM, SamplingParams=SamplingParams))
+    calls: dict = {}
+    out = types.SimpleNamespace
+    respond = lambda p: [out(text=f"{p} \\boxed{{1}}</s>junk"), out(text="x")]  # noqa: E731
+    monkeypatch.setitem(sys.modules, "vllm", vllm_stand_in(calls, respond))
     from asft.eval.generation import generate
 
     sampling = Sampling(n=2, temperature=1.0, top_p=0.95, max_new_tokens=4096, stop=("</s>",), seed=3)

@@ -19,6 +19,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from tests.stand_ins import vllm_stand_in
 from asft.eval.settings import BenchmarkRef, EvalContext, EvalRuntime, EvalSettings
 from asft.train.settings import LocalModel
 from asft.eval.evaluation import choose_letter
@@ -304,25 +305,11 @@ def test_hf_next_token_top_is_batch_independent_and_tokenizes_with_special_token
     assert batched[0].completion == tokenizer.decode([int(expected.indices[0])], skip_special_tokens=True)
 
 
-def vllm_stand_in(calls: dict, top_ids: list[int], logprobs: list[float], text: str):
-    """A stand-in vllm module: records what our code asks and answers with the given first-token top list."""
-
-    class SamplingParams:
-        def __init__(self, **kwargs):
-            calls["params"] = kwargs
-
-    class LLM:
-        def __init__(self, **kwargs):
-            calls["llm"] = kwargs
-
-        def generate(self, prompts, params):
-            calls["prompts"] = prompts
-            entry = {t: types.SimpleNamespace(logprob=v, rank=i + 1, decoded_token=None)
-                     for i, (t, v) in enumerate(zip(top_ids, logprobs))}
-            out = types.SimpleNamespace
-            return [out(outputs=[out(text=text, logprobs=[entry], token_ids=[top_ids[0]])]) for _ in prompts]
-
-    return types.SimpleNamespace(LLM=LLM, SamplingParams=SamplingParams)
+def first_token_answer(top_ids: list[int], logprobs: list[float], text: str):
+    """A vLLM answer of one token: `text`, with the given first-token top list (ids and log-probabilities)."""
+    entry = {t: types.SimpleNamespace(logprob=v, rank=i + 1, decoded_token=None)
+             for i, (t, v) in enumerate(zip(top_ids, logprobs))}
+    return lambda prompt: [types.SimpleNamespace(text=text, logprobs=[entry], token_ids=[top_ids[0]])]
 
 
 def test_vllm_choice_scoring_asks_for_one_token_and_ten_logprobs(monkeypatch, tmp_path, tiny_base):
@@ -330,8 +317,8 @@ def test_vllm_choice_scoring_asks_for_one_token_and_ten_logprobs(monkeypatch, tm
 
     calls: dict = {}
     # byte-level ids of the tiny tokenizer: 32 ' ', 65 'A', 66 'B', 98 'b', 120 'x'
-    monkeypatch.setitem(sys.modules, "vllm", vllm_stand_in(calls, [120, 66, 98, 65, 32], [-0.2, -1.5, -1.1, -2.0, -3.0],
-                                                           "x"))
+    answer = first_token_answer([120, 66, 98, 65, 32], [-0.2, -1.5, -1.1, -2.0, -3.0], "x")
+    monkeypatch.setitem(sys.modules, "vllm", vllm_stand_in(calls, answer))
     settings = EvalSettings(benchmark=BenchmarkRef(name="embedded_mul_choice", version=1),
                             context=EvalContext(split_seed=0), limit=3, backend="vllm", template="choice",
                             scoring="choice_logprobs", n_samples=1, temperature=0.0, top_p=1.0, max_new_tokens=1,
@@ -351,7 +338,7 @@ def test_vllm_choice_scoring_asks_for_one_token_and_ten_logprobs(monkeypatch, tm
     assert scores["n_samples"] == 1 and scores["scoring"] == "choice_logprobs"
     assert scores["predicted_from"] == {"logprobs": 3, "text": 0, "default": 0}
 
-    monkeypatch.setitem(sys.modules, "vllm", vllm_stand_in(calls, [120, 32], [-0.1, -0.2], " c."))
+    monkeypatch.setitem(sys.modules, "vllm", vllm_stand_in(calls, first_token_answer([120, 32], [-0.1, -0.2], " c.")))
     run_eval(settings, EvalRuntime(), model_dir=tiny_base, out_dir=tmp_path, progress=False)
     fallback = json.loads((tmp_path / "samples.jsonl").read_text().splitlines()[0])
     assert (fallback["predicted"], fallback["predicted_from"], fallback["letter_logprobs"]) == ("C", "text", {})

@@ -9,7 +9,6 @@ generated arithmetic tasks.
 
 from __future__ import annotations
 
-import difflib
 import json
 import random
 from collections.abc import Callable, Mapping
@@ -18,6 +17,7 @@ from pathlib import Path
 from string import ascii_uppercase
 from typing import Any
 
+from asft.core.names import did_you_mean
 from asft.core.files import sha256_file
 
 DATA_DIR = Path(__file__).resolve().parents[3] / "data" / "benchmarks"
@@ -102,8 +102,7 @@ def get_benchmark(name: str) -> Benchmark:
     try:
         return _REGISTRY[name]
     except KeyError:
-        close = difflib.get_close_matches(name, _REGISTRY, n=1)
-        hint = f" (did you mean '{close[0]}'?)" if close else ""
+        hint = did_you_mean(name, _REGISTRY)
         raise ValueError(f"unknown benchmark '{name}'{hint}; known: {', '.join(available_benchmarks())}") from None
 
 

@@ -16,8 +16,9 @@ A protocol's version enters the eval keys: bump it when its definition changes.
 
 from __future__ import annotations
 
-import difflib
 from dataclasses import asdict, dataclass
+
+from asft.core.names import did_you_mean
 
 
 @dataclass(frozen=True)
@@ -65,6 +66,5 @@ def get_protocol(name: str) -> Protocol | None:
         return PROTOCOLS[name]
     except KeyError:
         known = [CUSTOM, *PROTOCOLS]
-        close = difflib.get_close_matches(name, known, n=1)
-        hint = f" (did you mean '{close[0]}'?)" if close else ""
+        hint = did_you_mean(name, known)
         raise ValueError(f"unknown eval protocol '{name}'{hint}; known: {', '.join(known)}") from None

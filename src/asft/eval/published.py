@@ -8,12 +8,12 @@ Light to import (yaml only): the config checks its `table.published` with it at 
 
 from __future__ import annotations
 
-import difflib
 import math
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from asft.core.names import did_you_mean
 from asft.eval.benchmarks import available_benchmarks
 
 PUBLISHED_FILE = Path(__file__).resolve().parents[3] / "config" / "published.yaml"
@@ -99,8 +99,7 @@ def check_published_table(name: str, table: Any, path: Path = PUBLISHED_FILE) ->
 
 def _check_benchmark_name(name: Any, known: Sequence[str], where: str) -> None:
     if name not in known:
-        close = difflib.get_close_matches(str(name), known, n=1)
-        hint = f" (did you mean '{close[0]}'?)" if close else ""
+        hint = did_you_mean(str(name), known)
         raise ValueError(f"{where}: unknown benchmark '{name}'{hint}; known: {', '.join(known)}")
 
 

@@ -33,6 +33,7 @@ import torch
 from torch import Tensor
 
 from asft.train.losses import (
+    DEFAULT_KL_DIRECTION,
     IGNORE_INDEX,
     LossMode,
     LossOutput,
@@ -53,7 +54,7 @@ def chunked_loss(
     ref_hidden: Tensor | None = None,
     ref_head_weight: Tensor | None = None,
     kl_weight: float = 0.0,
-    kl_direction: str = "ref_policy",
+    kl_direction: str = DEFAULT_KL_DIRECTION,
     num_items: int | float | Tensor | None = None,
     chunk_size: int = 256,
     **mode_hparams: object,

@@ -30,12 +30,13 @@ extension modes from the fork doub7e/token-SFT.) The weight functions use tensor
 
 from __future__ import annotations
 
-import difflib
 import inspect
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from types import MappingProxyType
 from typing import TYPE_CHECKING
+
+from asft.core.names import did_you_mean
 
 if TYPE_CHECKING:
     from torch import Tensor
@@ -147,8 +148,7 @@ def get_mode(mode: str | LossMode) -> LossMode:
     try:
         return _MODES[mode]
     except (KeyError, TypeError):
-        close = difflib.get_close_matches(str(mode), list(_MODES), n=1)
-        hint = f" (did you mean {close[0]!r}?)" if close else ""
+        hint = did_you_mean(mode, _MODES)
         raise ValueError(f"unknown loss mode {mode!r}{hint}; known modes: {', '.join(available_modes())}") from None
 
 

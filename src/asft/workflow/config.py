@@ -7,7 +7,6 @@ Every field says what it is for; unknown keys are errors that name the field.
 
 from __future__ import annotations
 
-import difflib
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Literal
@@ -15,7 +14,9 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from asft.core.names import did_you_mean
 from asft.embedded.spec import EmbeddedBaseSpec
+from asft.train.modes import DEFAULT_KL_DIRECTION
 
 ROOT = Path(__file__).resolve().parents[3]
 DEFAULT_CONFIG = ROOT / "config" / "config.yaml"
@@ -56,8 +57,7 @@ class ModelConfig(_Strict):
         known = ("bos_token", "eos_token", "unk_token", "pad_token")
         for name, value in tokens.items():
             if name not in known:
-                close = difflib.get_close_matches(name, known, n=1)
-                hint = f" (did you mean '{close[0]}'?)" if close else ""
+                hint = did_you_mean(name, known)
                 raise ValueError(f"unknown special token '{name}'{hint}; known: {', '.join(known)}")
             if not value:
                 raise ValueError(f"{name}: the token text is empty")
@@ -133,7 +133,7 @@ NORMALIZE_ALIASES = {"microbatch_tokens": "microbatch_mean"}  # its name before 
 class LossConfig(_Strict):
     kl_weight: float = Field(0.05, ge=0, description="Weight of the KL anchor in sft+kl and asft (paper: 0.05).")
     kl_direction: Literal["ref_policy", "policy_ref", "forward", "reverse"] = Field(
-        "ref_policy",
+        DEFAULT_KL_DIRECTION,
         description="ref_policy (alias forward): KL(ref||policy), the paper's forward KL (eq. 6, Figure 2) and what "
         "upstream computes; policy_ref (alias reverse): KL(policy||ref), the paper's reverse-KL ablation.",
     )
@@ -303,8 +303,7 @@ class Config(_Strict):
             raise ValueError("modes: the list is empty; name at least one of " + ", ".join(available_modes()))
         for mode in modes:
             if mode not in available_modes():
-                close = difflib.get_close_matches(mode, available_modes(), n=1)
-                hint = f" (did you mean '{close[0]}'?)" if close else ""
+                hint = did_you_mean(mode, available_modes())
                 raise ValueError(f"modes: unknown mode '{mode}'{hint}; known: {', '.join(available_modes())}")
         if len(set(modes)) != len(modes):
             raise ValueError("modes: a mode is listed twice")
@@ -336,8 +335,7 @@ class Config(_Strict):
 
         for bench in self.eval.benchmarks:
             if bench not in available_benchmarks():
-                close = difflib.get_close_matches(bench, available_benchmarks(), n=1)
-                hint = f" (did you mean '{close[0]}'?)" if close else ""
+                hint = did_you_mean(bench, available_benchmarks())
                 raise ValueError(
                     f"eval.benchmarks: unknown benchmark '{bench}'{hint}; known: {', '.join(available_benchmarks())}"
                 )

@@ -13,7 +13,6 @@ No torch import: runners are named as "module:function" and imported only by the
 
 from __future__ import annotations
 
-import difflib
 import importlib
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -22,6 +21,7 @@ from typing import Any
 
 from pydantic import TypeAdapter, ValidationError
 
+from asft.core.names import did_you_mean
 from asft.core.settings import Runtime
 from asft.eval.settings import EvalRuntime, EvalSettings
 from asft.train.settings import (
@@ -92,8 +92,7 @@ def get_stage(name: str) -> Stage:
     try:
         return _BY_NAME[name]
     except KeyError:
-        close = difflib.get_close_matches(name, STAGE_NAMES, n=1)
-        hint = f" (did you mean '{close[0]}'?)" if close else ""
+        hint = did_you_mean(name, STAGE_NAMES)
         raise ValueError(f"unknown stage '{name}'{hint}; known: {', '.join(STAGE_NAMES)}") from None
 
 
