@@ -19,7 +19,9 @@ import io
 import json
 import os
 import re
+import shutil
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -31,7 +33,23 @@ import pytest
 from asft.core.files import sha256_file
 from asft.core.settings import StageSettings
 from asft.workflow.artifacts import MANIFEST, Node, writing_artifact
-from asft.ops.status import log_error, snakemake_events
+from asft.ops import status
+from asft.ops.status import job_states, run_status, train_progress
+from asft.workflow.config import load_config
+from asft.workflow.job_records import (
+    ERROR_CHARS,
+    FAILED,
+    JOBS_DIR,
+    RUNNING,
+    JobRecord,
+    job_record,
+    now,
+    read_record,
+    record_path,
+    recorded_process_alive,
+    write_record,
+)
+from asft.workflow.plan import build_plan
 from asft.ops.verify import run_verify, scan
 from tests.conftest import RUNTIME, train_settings
 
@@ -116,6 +134,7 @@ def run(tmp_path_factory) -> SimpleNamespace:
         "manifest": (workdir / "results" / "train" / key / MANIFEST).exists(),
         "partial": sorted(p.name for p in checkpoint.parent.iterdir()),
         "locks": sorted(p.name for p in (workdir / ".snakemake" / "locks").glob("*.lock")),
+        "record": read_record("train", key, workdir / JOBS_DIR),
     }
     state.status_after_kill = asft(workdir, "status", *configs)
     state.verify_after_kill = asft(workdir, "verify")
@@ -128,6 +147,7 @@ def run(tmp_path_factory) -> SimpleNamespace:
     state.status_done = asft(workdir, "status", *configs)
     state.verify_done = asft(workdir, "verify")
     state.leftovers = leftovers(workdir) + sorted((workdir / "results").glob("train/*.partial"))
+    state.records_done = sorted((workdir / JOBS_DIR).rglob("*.json"))
     return state
 
 
@@ -154,6 +174,10 @@ def test_status_shows_the_interrupted_run_then_all_done(run):
     killed = next(line for line in text.splitlines() if run.key in line)
     assert "interrupted" in killed and "checkpoint-20" in killed and "/60" in killed
     assert "pending" in text and "stale lock" in text and "snakemake --unlock" in text
+    # The killed job could not update its record: it still says running, with a process that is gone.
+    record = run.after_kill["record"]
+    assert record is not None and record.state == "running" and record.error is None
+    assert not recorded_process_alive(record)
     assert "0/2" in next(line for line in text.splitlines() if line.startswith("train "))
     done = run.status_done.stdout
     assert run.status_done.returncode == 0, output(run.status_done)
@@ -161,6 +185,7 @@ def test_status_shows_the_interrupted_run_then_all_done(run):
     for stage, total in (("model", 1), ("train", 2), ("merge", 2), ("eval", 9)):
         assert f"{total}/{total}" in next(line for line in done.splitlines() if line.startswith(stage + " "))
     assert "up to date" in done and "not running, no lock" in done
+    assert run.records_done == []  # every job succeeded in the end: no record is left
 
 
 @pytest.mark.slow
@@ -289,6 +314,9 @@ def test_model_without_weights_and_dataset_without_its_column_fail_their_jobs_cl
     lines = status.stdout.splitlines()
     assert "1 failed" in next(line for line in lines if line.startswith("model "))
     assert "1 failed" in next(line for line in lines if line.startswith("data "))
+    # each failure with its error, from the job's record (not from Snakemake's log)
+    assert f"model.local_path {model}: no weights" in status.stdout, status.stdout
+    assert "'instruction'" in next(line for line in lines if line.startswith("failed: data ")), status.stdout
     assert asft(workdir, "verify").returncode == 0
 
 
@@ -431,29 +459,169 @@ def test_verify_removes_the_checkpoints_of_a_run_that_completed_since(tmp_path):
     assert run_verify(results, fix=True) == 0 and kinds(results) == {}
 
 
-def test_status_reads_failures_and_starts_from_the_logs(tmp_path):
-    log_dir = tmp_path / ".snakemake" / "log"
-    log_dir.mkdir(parents=True)
-    (log_dir / "2026-01-01T000000.000000.snakemake.log").write_text(
-        "rule train:\n    input: a\n    output: results/train/k1/manifest.json, results/train/k1/curves.png\n"
-        "    jobid: 1\n[Thu Jan  1]\nError in rule train:\n    jobid: 1\n"
-        "    output: results/train/k1/manifest.json, results/train/k1/curves.png\nlocalrule download_data:\n"
-        "    output: results/data/k2/manifest.json\n")
-    (log_dir / "2026-01-02T000000.000000.snakemake.log").write_text(
-        "rule train:\n    output: results/train/k3/manifest.json\n")
-    overall, newest, latest = snakemake_events(tmp_path)
-    assert overall == {"results/train/k1/manifest.json": "error", "results/train/k1/curves.png": "error",
-                       "results/data/k2/manifest.json": "started", "results/train/k3/manifest.json": "started"}
-    assert newest == {"results/train/k3/manifest.json": "started"} and latest.name.startswith("2026-01-02")
+def status_of(results: Path) -> dict[tuple[str, str], tuple[str, str]]:
+    """(stage, key) -> (state, progress) of every job of the tiny configuration."""
+    states, _ = job_states(build_plan(load_config(TINY)), results)
+    return {(s.stage, s.key): (s.state, s.progress) for s in states}
 
-    log = tmp_path / "train.log"
-    log.write_text("[asft] train k {}\nTraceback (most recent call last):\n  File x\n"
-                   "asft.train.trainer.NonFiniteLossError: non-finite loss (nan) at step 3\n")
-    assert log_error(log) == "asft.train.trainer.NonFiniteLossError: non-finite loss (nan) at step 3"
-    log.write_text(log.read_text() + "[asft] train k {}\n 40%|####      | 4/10\n")  # a later, killed attempt
-    assert log_error(log) is None
-    log.write_text("[asft] train k {}\n[asft] train k done\n")
-    assert log_error(log) is None
+
+def running_record(workdir: Path, stage: str, key: str, **fields) -> JobRecord:
+    """A job record as a job writes it when it starts, with `fields` overridden."""
+    record = dataclasses.replace(
+        JobRecord(stage, key, RUNNING, os.getpid(), socket.gethostname(), now()), **fields)
+    write_record(record, workdir / JOBS_DIR)
+    return record
+
+
+def make_checkpoints(partial: Path, complete: list[int], incomplete: tuple[int, ...] = (),
+                     logged: int | None = None) -> None:
+    """`checkpoint-N` folders (complete ones with their trainer_state.json) and a metrics log up to `logged`."""
+    for step in [*complete, *incomplete]:
+        (partial / f"checkpoint-{step}").mkdir(parents=True)
+    for step in complete:
+        (partial / f"checkpoint-{step}" / "trainer_state.json").write_text(json.dumps({"global_step": step}))
+    partial.mkdir(parents=True, exist_ok=True)
+    if logged is not None:
+        (partial / "metrics.jsonl").write_text("".join(json.dumps({"step": s, "loss": 1.0}) + "\n"
+                                                       for s in range(1, logged + 1)))
+
+
+def test_status_reads_job_records_artifacts_and_snakemakes_markers(tmp_path, monkeypatch, capsys):
+    """Every state from the signals the workflow writes itself; no Snakemake log exists here."""
+    import base64
+
+    plan = build_plan(load_config(TINY))
+    results = tmp_path / "results"
+    model, data, tokenize = plan.keys("model")[0], plan.keys("data")[0], plan.keys("tokenize")[0]
+    train_a, train_b = plan.keys("train")
+    merge_a, merge_b = plan.keys("merge")
+    evals = plan.keys("eval")
+    dead = 999999999  # above any pid_max: no such process
+
+    make_artifact(results, "model", model, {"w.safetensors": b"w"})
+    running_record(tmp_path, "data", data)  # this process: alive on this host
+    failed = dataclasses.replace(running_record(tmp_path, "tokenize", tokenize), state=FAILED, finished=now(),
+                                 error="ValueError: data.jsonl has no column 'instruction'",
+                                 log=f"logs/tokenize/{tokenize}.log")
+    write_record(failed, tmp_path / JOBS_DIR)
+    make_checkpoints(results / "train" / f"{train_a}.partial", [3], [6], logged=2)  # metrics behind the checkpoint
+    running_record(tmp_path, "train", train_a, pid=dead)
+    running_record(tmp_path, "train", train_b, pid=dead, host="gpu-node-7")  # a cluster node's job
+    running_record(tmp_path, "merge", merge_a, pid=dead)
+    running_record(tmp_path, "merge", merge_b, started="2000-01-01T00:00:00+00:00")  # a reused pid: not the job
+    (results / "eval" / f"{evals[0]}.tmp-{os.getpid()}").mkdir(parents=True)  # a job writing, without a record
+    marks = tmp_path / ".snakemake" / "incomplete"
+    marks.mkdir(parents=True)
+    (marks / base64.urlsafe_b64encode(f"results/eval/{evals[1]}/manifest.json".encode()).decode()).write_text("{}")
+
+    found = status_of(results)
+    assert found[("model", model)] == ("done", "")
+    assert found[("data", data)][0] == "running" and f"pid {os.getpid()}" in found[("data", data)][1]
+    assert found[("tokenize", tokenize)] == (
+        "failed", f"ValueError: data.jsonl has no column 'instruction' (log: logs/tokenize/{tokenize}.log)")
+    assert found[("train", train_a)] == (
+        "interrupted", "step 3/6, last checkpoint checkpoint-3; the next run resumes from it")
+    assert found[("train", train_b)][0] == "interrupted" and "gpu-node-7" in found[("train", train_b)][1]
+    assert found[("merge", merge_a)][0] == "interrupted"
+    assert f"pid {dead} on {socket.gethostname()}" in found[("merge", merge_a)][1]
+    assert "process is gone" in found[("merge", merge_a)][1]
+    assert found[("merge", merge_b)][0] == "interrupted"
+    assert found[("eval", evals[0])] == ("running", "")
+    assert found[("eval", evals[1])] == ("interrupted", "killed (Snakemake marks its output incomplete); "
+                                                        "the next run starts it again")
+    assert {found[("eval", key)] for key in evals[2:]} == {("pending", "")}
+
+    assert run_status([str(TINY)], results) == 0
+    text = capsys.readouterr().out
+    assert "1 failed" in next(line for line in text.splitlines() if line.startswith("tokenize "))
+    assert f"failed: tokenize {tokenize}" in text and "has no column 'instruction'" in text
+    assert "2 interrupted" in next(line for line in text.splitlines() if line.startswith("train "))
+    assert "snakemake: not running, no lock" in text
+
+    # While a Snakemake lock is held, the cluster node's job counts as running; while Snakemake runs
+    # here, a dead job's record is a leftover of the killed run: pending until the new run starts it.
+    locks = tmp_path / ".snakemake" / "locks"
+    locks.mkdir()
+    (locks / "0.input.lock").write_text("x\n")
+    assert status_of(results)[("train", train_b)][0] == "running"
+    monkeypatch.setattr(status, "live_snakemake_pids", lambda workdir: [4242])
+    found = status_of(results)
+    assert found[("merge", merge_a)] == ("pending", "") and found[("eval", evals[1])] == ("pending", "")
+    assert found[("train", train_a)][0] == "interrupted"  # its checkpoint is still the resume point
+
+
+def test_status_shows_a_step_never_below_the_newest_complete_checkpoint(tmp_path):
+    partial = tmp_path / "0123456789abcdef.partial"
+    assert train_progress(partial, 60) == "no checkpoint yet"
+    make_checkpoints(partial, [], logged=1)
+    assert train_progress(partial, 60) == "step 1/60, no checkpoint yet"
+    # checkpoint-3 is complete, checkpoint-4 was being saved; the metrics of step 3 are not flushed yet
+    shutil.rmtree(partial)
+    make_checkpoints(partial, [3], [4], logged=2)
+    assert train_progress(partial, 60) == "step 3/60, last checkpoint checkpoint-3"
+    make_checkpoints(partial, [], logged=5)  # the metrics catch up, and pass it
+    assert train_progress(partial, 60) == "step 5/60, last checkpoint checkpoint-3"
+    assert train_progress(partial, None) == "step 5, last checkpoint checkpoint-3"
+
+
+def fake_snakemake_job(tmp_path: Path, stage_rule: str, key: str) -> SimpleNamespace:
+    return SimpleNamespace(rule=stage_rule, wildcards=SimpleNamespace(key=key), input={},
+                           log=[str(tmp_path / "logs" / f"{key}.log")],
+                           output=[str(tmp_path / "results" / "data" / key / MANIFEST)], threads=1)
+
+
+def test_a_job_records_running_before_its_runner_then_failed_with_the_error_and_nothing_after_success(
+        tmp_path, monkeypatch):
+    import asft.workflow.jobs as jobs
+    from asft.workflow.plan import write_node_files
+
+    monkeypatch.chdir(tmp_path)  # jobs run in the working directory; records live under its .snakemake/
+    plan = build_plan(load_config(TINY))
+    write_node_files(plan)
+    key = plan.keys("data")[0]
+    seen: list[JobRecord | None] = []
+
+    def runner_that_checks_its_record(node, inputs, final, *, threads):
+        seen.append(read_record("data", key))
+        if len(seen) == 1:
+            raise ValueError("the dataset has no 'instruction'\ncolumn " + "x" * 1000)
+        return {}
+
+    monkeypatch.setattr(jobs, "run_stage", runner_that_checks_its_record)
+    smk = fake_snakemake_job(tmp_path, "download_data", key)
+    with pytest.raises(ValueError):
+        jobs.run_from_snakemake(smk)
+    started = seen[0]
+    assert started is not None and started.state == RUNNING and started.pid == os.getpid()
+    assert started.host == socket.gethostname() and started.started_epoch() is not None
+    assert started.log == smk.log[0]
+    failed = read_record("data", key)
+    assert failed is not None and failed.state == FAILED and failed.finished is not None
+    assert failed.error.startswith("ValueError: the dataset has no 'instruction' column xxx")
+    assert "\n" not in failed.error and len(failed.error) <= ERROR_CHARS
+
+    jobs.run_from_snakemake(smk)  # the re-run: running again, then success removes the record
+    assert seen[1] is not None and seen[1].state == RUNNING and seen[1].error is None
+    assert read_record("data", key) is None and not list((tmp_path / JOBS_DIR).rglob("*.tmp"))
+
+    # A job that cannot even read its node file is recorded as failed too.
+    with pytest.raises(FileNotFoundError):
+        jobs.run_from_snakemake(fake_snakemake_job(tmp_path, "download_data", "f" * 16))
+    missing = read_record("data", "f" * 16)
+    assert missing is not None and missing.state == FAILED and "missing" in missing.error
+
+
+def test_job_records_that_do_not_read_are_ignored_and_ctrl_c_leaves_the_running_record(tmp_path):
+    path = record_path("train", "a" * 16, tmp_path)
+    path.parent.mkdir(parents=True)
+    for text in ("{not json", "[]", '{"stage": "train"}', json.dumps({**dataclasses.asdict(
+            JobRecord("train", "a" * 16, RUNNING, 1, "h", now())), "state": "exploded"}), json.dumps({
+            **dataclasses.asdict(JobRecord("train", "a" * 16, FAILED, 1, "h", now())), "error": ["not text"]})):
+        path.write_text(text)
+        assert read_record("train", "a" * 16, tmp_path) is None
+    with pytest.raises(KeyboardInterrupt), job_record("train", "b" * 16, jobs_dir=tmp_path):
+        raise KeyboardInterrupt  # the process ends now: status sees a running record without its process
+    assert read_record("train", "b" * 16, tmp_path).state == RUNNING
 
 
 def test_fix_removes_descendants_and_the_aggregate_and_clears_snakemakes_stale_marks(tmp_path):

@@ -1,20 +1,31 @@
-"""`asft status`: where every job of a configuration stands, read from the files alone.
+"""`asft status`: where every job of a configuration stands, read from files and processes alone.
 
 One row per training run (train set, mode, seed, key) with its state, and one line per other
-stage (done/total). States:
+stage (done/total). It reads structured signals only, never Snakemake's human-readable log (its
+text is not an interface): the artifacts themselves, the job records each stage job keeps while it runs
+(`.snakemake/asft/jobs/<stage>/<key>.json`, asft.workflow.job_records: `running` with the job's pid,
+host and start time, rewritten as `failed` with the error when it raises, removed on success),
+Snakemake's lock and incomplete markers (`.snakemake/locks/`, `.snakemake/incomplete/`) and the
+Snakemake processes of the working directory. States, first match wins:
 
 - done: `results/<stage>/<key>/manifest.json` exists (the folder is complete);
-- running: a job's `<key>.tmp-<pid>` folder belongs to a live process on this host, or a Snakemake
-  process runs in the working directory and its log shows the job started and not failed;
-- failed: the newest Snakemake log that mentions the job reports `Error in rule ...` for it, or
-  the rule's log (`logs/<stage>/<key>.log`) ends with a traceback or an error line;
-- interrupted (training only): a `<key>.partial/` folder holds checkpoints of a killed run and
-  nothing runs it now; the next `snakemake` run resumes from the newest one;
-- pending: none of the above.
+- running: the job's record says running and its process is alive on this host (the same process:
+  a reused pid does not count), or the record comes from another host (a cluster node) while a
+  Snakemake process runs in the working directory or its lock is held; or a `<key>.tmp-<pid>` folder
+  belongs to a live process of this host;
+- failed: the job's record says failed; the error (type and message) is shown, the traceback is in
+  the rule's log;
+- interrupted: a training run whose `<key>.partial/` folder holds a complete checkpoint and that
+  nothing runs (the next `snakemake` run resumes from it); or a job that was killed: its record
+  still says running but the process is gone (SIGKILL, SIGTERM, a lost node cannot update it) and no
+  Snakemake runs here, or no record but Snakemake marks its output incomplete and no Snakemake runs;
+- pending: none of the above (also a killed job's left-over record while a new Snakemake run has not
+  restarted it yet).
 
-For training runs the progress column shows the last logged step, the newest complete checkpoint
-(`trainer_state.json` of `checkpoint-N`) and `max_steps`. The Snakemake lock is reported too: a
-lock with no Snakemake process in the directory was left by a killed run (`snakemake --unlock`).
+For training runs the progress column shows the last step (the newest of the logged step and the
+newest complete checkpoint, `trainer_state.json` of `checkpoint-N`), the checkpoint and `max_steps`.
+The Snakemake lock is reported too: a lock with no Snakemake process in the directory was left by a
+killed run (`snakemake --unlock`).
 
 Nothing here runs a model; the only heavy import is the config validation's loss registry.
 """
@@ -23,24 +34,29 @@ from __future__ import annotations
 
 import json
 import os
-import re
 import sys
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from asft.workflow.artifacts import MANIFEST
-from asft.ops.verify import format_table, pid_alive, snakemake_locks
+from asft.ops.verify import format_table, incomplete_marks, pid_alive, snakemake_locks
 from asft.train.checkpoints import complete_checkpoints
-from asft.workflow.artifacts import TMP_RE
-from asft.workflow.stages import STAGE_NAMES as STAGE_ORDER
+from asft.workflow.artifacts import MANIFEST, TMP_RE, artifact_dir, partial_dir
+from asft.workflow.job_records import (
+    FAILED,
+    JOBS_DIR,
+    RUNNING,
+    JobRecord,
+    is_this_host,
+    read_record,
+    recorded_process_alive,
+)
+from asft.workflow.stages import STAGE_NAMES
 
-RULES = {"model": "download_model", "data": "download_data"}  # stage -> rule name where they differ
-STARTED, ERROR = "started", "error"
-_ERROR_LINE = re.compile(r"^(\w+\.)*\w*(Error|Exception|Interrupt)\b.*|^Traceback \(most recent call last\):")
-_RULE_START = re.compile(r"^(?:local)?rule (\S+):\s*$")
-_RULE_ERROR = re.compile(r"^Error in rule (\S+):\s*$")
+DONE, INTERRUPTED, PENDING = "done", "interrupted", "pending"
+#: The trainer's metrics log in `<key>.partial/` (asft.train.trainer.METRICS_FILE; not imported: torch).
+METRICS_FILE = "metrics.jsonl"
 
 
 @dataclass(frozen=True)
@@ -50,6 +66,26 @@ class JobState:
     labels: dict[str, Any]
     state: str
     progress: str = ""
+
+
+@dataclass(frozen=True)
+class Workflow:
+    """What runs in a working directory, seen from this host."""
+
+    workdir: Path
+    pids: list[int] | None  # Snakemake processes in the working directory (None: no /proc to tell)
+    locks: list[Path]  # Snakemake's lock files (a live run's, or a killed run's)
+    marks: frozenset[str]  # outputs Snakemake marks incomplete, relative to the working directory
+
+    @property
+    def runs_here(self) -> bool:
+        """A Snakemake process runs in the working directory (without /proc: a lock is held)."""
+        return bool(self.pids) if self.pids is not None else bool(self.locks)
+
+    @property
+    def may_run(self) -> bool:
+        """Snakemake may run somewhere: a process here, or a lock (held by a run on another host?)."""
+        return bool(self.pids) or bool(self.locks)
 
 
 # --- what Snakemake leaves in the working directory -------------------------------------------
@@ -80,62 +116,17 @@ def live_snakemake_pids(workdir: Path) -> list[int] | None:
     return sorted(pids)
 
 
-def snakemake_events(workdir: Path, max_logs: int = 50) -> tuple[dict[str, str], dict[str, str], Path | None]:
-    """Per output path: the last event over all Snakemake logs, and the events of the newest log.
-
-    Events are 'started' (a `rule X:` block listing the output) and 'error' (`Error in rule X:`).
-    """
-    logs = sorted((Path(workdir) / ".snakemake" / "log").glob("*.snakemake.log"))[-max_logs:]
-    overall: dict[str, str] = {}
-    newest: dict[str, str] = {}
-    for log in logs:
-        events: dict[str, str] = {}
-        kind = None
-        try:
-            lines = log.read_text(errors="replace").splitlines()
-        except OSError:
-            continue
-        for line in lines:
-            if _RULE_ERROR.match(line):
-                kind = ERROR
-            elif _RULE_START.match(line):
-                kind = STARTED
-            elif line.startswith("    output: ") and kind:
-                for path in line.removeprefix("    output: ").split(", "):
-                    events[path.strip()] = kind
-            elif line and not line[0].isspace():
-                kind = None
-        overall.update(events)
-        newest = events
-    return overall, newest, (logs[-1] if logs else None)
-
-
-def log_error(log: Path, tail: int = 8192) -> str | None:
-    """The last error line of a rule log that ends with a traceback or an error, else None."""
-    try:
-        with open(log, "rb") as handle:
-            handle.seek(0, os.SEEK_END)
-            handle.seek(max(0, handle.tell() - tail))
-            text = handle.read().decode(errors="replace")
-    except OSError:
-        return None
-    lines = [line for line in text.splitlines() if line.strip()]
-    starts = [i for i, line in enumerate(lines) if line.startswith("[asft] ") and not line.endswith(" done")]
-    if starts:
-        lines = lines[starts[-1]:]  # the log is appended to: judge only the latest attempt
-    if not lines:
-        return None
-    if any(line.startswith("Traceback (most recent call last):") for line in lines):
-        errors = [line for line in lines if _ERROR_LINE.match(line) and not line.startswith("Traceback")]
-        return errors[-1] if errors else "traceback"
-    return lines[-1] if _ERROR_LINE.match(lines[-1]) else None
+def observe_workflow(workdir: Path) -> Workflow:
+    workdir = Path(workdir)
+    return Workflow(workdir, live_snakemake_pids(workdir), snakemake_locks(workdir),
+                    frozenset(incomplete_marks(workdir)))
 
 
 # --- training progress ------------------------------------------------------------------------
 
 def _last_logged_step(partial: Path) -> int | None:
     try:
-        with open(partial / "metrics.jsonl", "rb") as handle:
+        with open(partial / METRICS_FILE, "rb") as handle:
             handle.seek(0, os.SEEK_END)
             handle.seek(max(0, handle.tell() - 4096))
             lines = handle.read().decode(errors="replace").splitlines()
@@ -150,68 +141,105 @@ def _last_logged_step(partial: Path) -> int | None:
 
 
 def train_progress(partial: Path, max_steps: Any) -> str:
-    """'step 45/60, checkpoint-40' from a training run's checkpoint folder."""
+    """'step 45/60, last checkpoint checkpoint-40' from a training run's `<key>.partial/` folder.
+
+    The metrics log and the checkpoints are written at different moments (a checkpoint may land
+    before the metrics of its step are flushed), so the step shown is the newer of the two: never
+    below the newest complete checkpoint."""
     good = complete_checkpoints(partial)
-    logged = _last_logged_step(partial)
+    known = [step for step in (_last_logged_step(partial), good[-1][0] if good else None) if step is not None]
     parts = []
-    total = f"/{max_steps}" if max_steps else ""
-    step = logged if logged is not None else (good[-1][0] if good else None)
-    if step is not None:
-        parts.append(f"step {step}{total}")
+    if known:
+        parts.append(f"step {max(known)}{f'/{max_steps}' if max_steps else ''}")
     parts.append(f"last checkpoint {good[-1][1].name}" if good else "no checkpoint yet")
     return ", ".join(parts)
 
 
+def _done_progress(final: Path, stage: str) -> str:
+    if stage != "train":
+        return ""
+    try:
+        steps = json.loads((final / MANIFEST).read_text()).get("stats", {}).get("steps")
+    except (OSError, ValueError, AttributeError):
+        return ""
+    return f"{steps} steps" if steps is not None else ""
+
+
 # --- the states -------------------------------------------------------------------------------
+
+def _live_tmp_folder(final: Path) -> bool:
+    """Whether a `<key>.tmp-<pid>` folder belongs to a process alive on this host."""
+    return any(pid_alive(int(match.group("pid")))
+               for tmp in final.parent.glob(f"{final.name}.tmp-*") if (match := TMP_RE.match(tmp.name)))
+
+
+def record_runs(record: JobRecord, workflow: Workflow) -> bool:
+    """Whether the job a running record names still runs: its process, on this host; on another host
+    (a cluster node, whose processes this host cannot see), whether its workflow may still run."""
+    return recorded_process_alive(record) if is_this_host(record) else workflow.may_run
+
+
+def _where(record: JobRecord) -> str:
+    return f"pid {record.pid} on {record.host}, started {record.started[:16].replace('T', ' ')}"
+
+
+def _killed(record: JobRecord | None) -> str:
+    """How a killed job was recognised."""
+    if record is None:
+        return "killed (Snakemake marks its output incomplete)"
+    if is_this_host(record):
+        return f"killed ({_where(record)}: that process is gone)"
+    return f"killed? ({_where(record)}; no Snakemake runs here or holds a lock)"
+
+
+def node_state(node: Any, results: Path, workflow: Workflow) -> tuple[str, str]:
+    """(state, progress) of one job; the rules are in this module's docstring, in order."""
+    stage, key = node.stage, node.key
+    final = artifact_dir(results, stage, key)
+    if (final / MANIFEST).is_file():
+        return DONE, _done_progress(final, stage)
+    partial = partial_dir(final)
+    training = stage == "train" and partial.is_dir()
+    max_steps = getattr(node.settings, "max_steps", None)
+    record = read_record(stage, key, workflow.workdir / JOBS_DIR)
+    recorded_running = record is not None and record.state == RUNNING
+    if (recorded_running and record_runs(record, workflow)) or _live_tmp_folder(final):
+        if training:
+            return RUNNING, train_progress(partial, max_steps)
+        return RUNNING, _where(record) if recorded_running else ""
+    if record is not None and record.state == FAILED:
+        return FAILED, (record.error or "failed") + (f" (log: {record.log})" if record.log else "")
+    if training and complete_checkpoints(partial):
+        return INTERRUPTED, train_progress(partial, max_steps) + "; the next run resumes from it"
+    killed = recorded_running and not workflow.runs_here
+    marked = record is None and not workflow.runs_here and _output_marked(final, workflow)
+    if killed or marked:
+        how = _killed(record)
+        if training:
+            return INTERRUPTED, f"{how}, {train_progress(partial, max_steps)}; the next run starts from step 0"
+        return INTERRUPTED, f"{how}; the next run starts it again"
+    return PENDING, ""
+
+
+def _output_marked(final: Path, workflow: Workflow) -> bool:
+    """Whether Snakemake marks this job's manifest incomplete (it started the job, never recorded its end)."""
+    try:
+        relative = (final / MANIFEST).resolve().relative_to(workflow.workdir.resolve())
+    except ValueError:
+        return False
+    return str(relative) in workflow.marks
+
 
 def job_states(plan: Any, results: Path) -> tuple[list[JobState], dict[str, Any]]:
     results = Path(results)
-    workdir = results.resolve().parent
-    try:
-        prefix = str(results.resolve().relative_to(workdir))
-    except ValueError:
-        prefix = str(results)
-    pids = live_snakemake_pids(workdir)
-    locks = snakemake_locks(workdir)
-    active = bool(pids) if pids is not None else bool(locks)
-    overall, newest, newest_log = snakemake_events(workdir)
+    workflow = observe_workflow(results.resolve().parent)
     states = []
-    for stage in STAGE_ORDER:
+    for stage in STAGE_NAMES:
         for key in plan.keys(stage):
             node = plan.node(stage, key)
-            folder = results / stage / key
-            output = f"{prefix}/{stage}/{key}/{MANIFEST}"
-            partial = results / stage / f"{key}.partial"
-            progress = ""
-            if (folder / MANIFEST).is_file():
-                state = "done"
-                if stage == "train":
-                    try:
-                        steps = json.loads((folder / MANIFEST).read_text()).get("stats", {}).get("steps")
-                        progress = f"{steps} steps" if steps is not None else ""
-                    except (OSError, ValueError, AttributeError):
-                        progress = ""
-            else:
-                live_tmp = any(
-                    pid_alive(int(m.group("pid")))
-                    for p in (results / stage).glob(f"{key}.tmp-*") if (m := TMP_RE.match(p.name))
-                )
-                error = log_error(workdir / "logs" / stage / f"{key}.log")
-                if live_tmp or (active and newest.get(output) == STARTED):
-                    state = "running"
-                elif overall.get(output) == ERROR or error:
-                    state = "failed"
-                    progress = error or f"see {newest_log.relative_to(workdir) if newest_log else 'the Snakemake log'}"
-                elif stage == "train" and partial.is_dir():
-                    state = "interrupted"
-                else:
-                    state = "pending"
-                if stage == "train" and partial.is_dir() and state in ("running", "interrupted"):
-                    progress = train_progress(partial, node.settings.max_steps)
-                    if state == "interrupted":
-                        progress += "; the next run resumes from it" if "checkpoint-" in progress else ""
+            state, progress = node_state(node, results, workflow)
             states.append(JobState(stage, key, dict(node.labels), state, progress))
-    info = {"pids": pids, "locks": locks, "active": active, "workdir": workdir, "newest_log": newest_log}
+    info = {"pids": workflow.pids, "locks": workflow.locks, "workdir": workflow.workdir}
     return states, info
 
 
@@ -263,7 +291,7 @@ def run_status(configfiles: list[str], results: Path, *, out=None) -> int:
     print(format_table(rows, ("train_set", "mode", "seed", "key", "state", "progress")), file=out)
     print("", file=out)
     lines = []
-    for stage in STAGE_ORDER:
+    for stage in STAGE_NAMES:
         counts = Counter(s.state for s in states if s.stage == stage)
         total = sum(counts.values())
         if total:
@@ -272,7 +300,7 @@ def run_status(configfiles: list[str], results: Path, *, out=None) -> int:
     lines.append(("aggregate", aggregate_state(plan, results), ""))
     print(format_table(lines, ("stage", "done/total", "")), file=out)
     print(lock_line(info), file=out)
-    for job in states:
-        if job.state == "failed" and job.stage != "train":
-            print(f"failed: {job.stage} {job.key} {json.dumps(job.labels)}: {job.progress}", file=out)
+    for job in states:  # the training runs' details are in their table above
+        if job.state in (FAILED, INTERRUPTED) and job.stage != "train":
+            print(f"{job.state}: {job.stage} {job.key} {json.dumps(job.labels)}: {job.progress}", file=out)
     return 0

@@ -20,6 +20,7 @@ from typing import Any
 
 from asft.core.job import StageJob
 from asft.workflow.artifacts import Node, partial_dir, writing_artifact
+from asft.workflow.job_records import job_record
 from asft.workflow.plan import read_node
 from asft.workflow.stages import get_stage, stage_of_rule
 
@@ -74,17 +75,20 @@ def run_from_snakemake(smk: Any) -> None:
     from params, so settings outside the key (batch size, chunk size) never make Snakemake re-run a job,
     and no job parses the config or rebuilds the plan.
     """
-    node = read_node(stage_of_rule(smk.rule).name, smk.wildcards.key)
-    inputs = {role: Path(path).parent for role, path in smk.input.items() if str(path).endswith("manifest.json")}
-    with redirect_output(smk.log[0] if smk.log else None):
-        print(f"[asft] {node.stage} {node.key} {json.dumps(dict(node.labels))}", flush=True)
-        try:
-            run_stage(node, inputs, Path(smk.output[0]).parent, threads=int(smk.threads))
-        except BaseException:
-            traceback.print_exc()  # into the rule's log, where users look first
-            print(f"[asft] {node.stage} {node.key} failed", flush=True)
-            raise
-        print(f"[asft] {node.stage} {node.key} done", flush=True)
+    stage, key = stage_of_rule(smk.rule).name, smk.wildcards.key
+    log = smk.log[0] if smk.log else None
+    with job_record(stage, key, log=log):  # what `asft status` reads: running, or failed with the error
+        node = read_node(stage, key)
+        inputs = {role: Path(path).parent for role, path in smk.input.items() if str(path).endswith("manifest.json")}
+        with redirect_output(log):
+            print(f"[asft] {node.stage} {node.key} {json.dumps(dict(node.labels))}", flush=True)
+            try:
+                run_stage(node, inputs, Path(smk.output[0]).parent, threads=int(smk.threads))
+            except BaseException:
+                traceback.print_exc()  # into the rule's log, where users look first
+                print(f"[asft] {node.stage} {node.key} failed", flush=True)
+                raise
+            print(f"[asft] {node.stage} {node.key} done", flush=True)
 
 
 def run_aggregate_from_snakemake(smk: Any) -> None:
