@@ -136,6 +136,20 @@ def test_paper_presets_use_upstream_normalisation_and_boundary():
         assert cfg.tokenize.prompt_boundary == "upstream", preset
 
 
+def test_paper_presets_follow_the_text_where_it_states_a_setting_and_paper_code_the_scripts():
+    for preset in ("paper_math.yaml", "paper_math_lora.yaml", "paper_medical.yaml"):
+        cfg = load_config(CONFIG / preset)
+        assert (cfg.train.lr_scheduler, cfg.train.warmup_ratio, cfg.train.warmup_steps) == ("cosine", 0.1, 0), preset
+        assert cfg.loss.kl_weight == 0.05 and cfg.loss.kl_direction == "ref_policy", preset
+    assert load_config(CONFIG / "paper_math.yaml").train.precision == "bf16_pure"
+    medical = load_config(CONFIG / "paper_medical.yaml")
+    assert (medical.train.precision, medical.eval.protocol, medical.tokenize.max_length) == ("bf16_pure",
+                                                                                           "paper_medical", 512)
+    assert medical.model.special_tokens == {"bos_token": "</s>", "eos_token": "</s>", "unk_token": "</s>"}
+    code = load_config(CONFIG / "paper_math.yaml", CONFIG / "paper_code.yaml")
+    assert (code.train.lr_scheduler, code.train.warmup_ratio, code.train.warmup_steps) == ("linear", None, 0)
+
+
 # --- KL direction names ---------------------------------------------------------------------------
 
 @pytest.mark.parametrize("alias,canonical", [("forward", "ref_policy"), ("reverse", "policy_ref")])
