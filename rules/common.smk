@@ -15,7 +15,10 @@ except ConfigError as error:
 config.clear()
 config.update(CFG.model_dump(mode="json"))
 validate(config, schema="../config/schema.yaml", set_default=False)
-PLAN = build_plan(CFG)
+try:
+    PLAN = build_plan(CFG)
+except (ConfigError, ValueError, FileNotFoundError) as error:
+    raise WorkflowError(str(error))
 # Each job reads its own node (typed settings, parents, runtime) from here instead of re-parsing the config.
 write_node_files(PLAN)
 RES = CFG.resources

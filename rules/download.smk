@@ -1,6 +1,6 @@
 rule download_model:
     output:
-        manifest="results/model/{key}/manifest.json",
+        manifest=update("results/model/{key}/manifest.json"),
     log:
         "logs/model/{key}.log",
     benchmark:
@@ -18,7 +18,7 @@ rule download_model:
 
 rule download_data:
     output:
-        manifest="results/data/{key}/manifest.json",
+        manifest=update("results/data/{key}/manifest.json"),
     log:
         "logs/data/{key}.log",
     benchmark:

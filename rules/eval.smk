@@ -2,7 +2,7 @@ rule eval:
     input:
         unpack(eval_inputs),
     output:
-        manifest="results/eval/{key}/manifest.json",
+        manifest=update("results/eval/{key}/manifest.json"),
     log:
         "logs/eval/{key}.log",
     benchmark:

@@ -2,7 +2,7 @@ rule merge:
     input:
         unpack(merge_inputs),
     output:
-        manifest="results/merge/{key}/manifest.json",
+        manifest=update("results/merge/{key}/manifest.json"),
     log:
         "logs/merge/{key}.log",
     benchmark:

@@ -2,7 +2,7 @@ rule tokenize:
     input:
         unpack(tokenize_inputs),
     output:
-        manifest="results/tokenize/{key}/manifest.json",
+        manifest=update("results/tokenize/{key}/manifest.json"),
     log:
         "logs/tokenize/{key}.log",
     benchmark:

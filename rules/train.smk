@@ -2,9 +2,9 @@ rule train:
     input:
         unpack(train_inputs),
     output:
-        manifest="results/train/{key}/manifest.json",
+        manifest=update("results/train/{key}/manifest.json"),
         curves=report(
-            "results/train/{key}/curves.png",
+            update("results/train/{key}/curves.png"),
             caption="../report/curves.rst",
             category="Training curves",
             labels=train_labels,

@@ -83,7 +83,7 @@ def test_end_to_end_tiny_run_produces_the_table(tiny_run):
     from asft.workflow.artifacts import file_hashes
 
     manifests = list((tiny_run / "results").glob("*/*/manifest.json"))
-    assert len(manifests) == 1 + 1 + 1 + 2 + 2 + 9
+    assert len(manifests) == 1 + 1 + 1 + 2 + 2 + 9 + 1  # model, data, tokenize, train, merge, eval, the table
     for manifest in manifests:
         recorded = json.loads(manifest.read_text())
         assert recorded["files"] == file_hashes(manifest.parent)

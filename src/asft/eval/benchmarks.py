@@ -9,7 +9,6 @@ generated arithmetic tasks.
 
 from __future__ import annotations
 
-import json
 import random
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -19,6 +18,7 @@ from typing import Any
 
 from asft.core.names import did_you_mean
 from asft.core.files import sha256_file
+from asft.train.data_checks import read_jsonl_rows
 
 DATA_DIR = Path(__file__).resolve().parents[3] / "data" / "benchmarks"
 QUESTION_FIELDS = ("question", "problem", "Question", "input")  # upstream parse_question order
@@ -121,14 +121,8 @@ def read_checked_jsonl(path: Path, sha256: str | None) -> list[dict[str, Any]]:
         actual = sha256_file(path)
         if actual != sha256:
             raise ValueError(f"benchmark file {path} was changed: sha256 {actual}, expected {sha256}")
-    rows = []
-    for index, line in enumerate(path.read_text(encoding="utf-8").splitlines()):
-        if line.strip():
-            try:
-                rows.append(json.loads(line))
-            except json.JSONDecodeError as error:
-                raise ValueError(f"{path}: line {index + 1} is not JSON ({error})") from None
-    return rows
+    # the training files' reader: a bad byte, bad JSON or a non-object row names the file and the line
+    return read_jsonl_rows(path)
 
 
 def _file_benchmark(name: str, display: str, sha256: str, gold: Callable[[dict], str | None], solution: str | None,

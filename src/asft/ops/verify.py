@@ -1,8 +1,10 @@
 """`asft verify [--fix]`: check every artifact folder against its manifest.
 
 An artifact `results/<stage>/<key>/` is sound when its `manifest.json` parses, names the same
-stage and key as the folder, lists every file in the folder (nothing missing, nothing extra) and
-every listed file has the recorded sha256. Problems (exit 1):
+stage and key as the folder, its settings and parents hash to that key (an edited manifest is
+caught), it lists every file in the folder (nothing missing, nothing extra), every listed file has
+the recorded sha256 (asft.workflow.integrity, the same check every job runs on its parents), and
+the parents it records were not changed since it was made from them. Problems (exit 1):
 
 - corrupted: the manifest does not parse, a file is missing, changed or unlisted, or the key differs;
 - incomplete: a non-empty folder without a manifest (nothing the workflow writes looks like that);
@@ -51,13 +53,12 @@ import shutil
 import sys
 from collections import deque
 from collections.abc import Iterable
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
-from asft.core.files import sha256_file
 from asft.train.checkpoints import TRAINER_STATE, checkpoint_step, checkpoints, complete_checkpoints
 from asft.workflow.artifacts import KEY_RE, MANIFEST, PARTIAL_RE, TMP_RE
+from asft.workflow.integrity import artifact_problems, parent_digests, read_manifest
 from asft.workflow.stages import STAGE_NAMES
 
 #: The artifact stages, in pipeline order (the folders under results/), from the stage table.
@@ -100,56 +101,17 @@ def pid_alive(pid: int) -> bool:
 
 
 def check_artifact(folder: Path, stage: str, hash_workers: int = 4) -> list[str]:
-    """Problems of one artifact folder (empty list: sound). Reads every file once."""
-    path = folder / MANIFEST
-    try:
-        manifest = json.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        return ["no manifest.json"]
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
-        return [f"manifest.json does not parse ({type(error).__name__}: {error})"]
-    if not isinstance(manifest, dict) or not isinstance(manifest.get("files"), dict):
-        return ["manifest.json has no 'files' table"]
-    problems = []
-    if manifest.get("key") != folder.name:
-        problems.append(f"manifest key {manifest.get('key')!r} differs from the folder name")
-    if manifest.get("stage") != stage:
-        problems.append(f"manifest stage {manifest.get('stage')!r} differs from the stage folder {stage!r}")
-    recorded: dict[str, str] = manifest["files"]
-    present = {str(p.relative_to(folder)) for p in folder.rglob("*") if p.is_file()}
-    present.discard(MANIFEST)
-    to_hash = []
-    root = folder.resolve()
-    for name, digest in sorted(recorded.items()):
-        try:
-            outside = Path(name).is_absolute() or ".." in Path(name).parts or \
-                not (folder / name).resolve().is_relative_to(root)
-        except (OSError, ValueError):
-            outside = True
-        if outside:
-            problems.append(f"{name!r}: listed path is not a file inside the folder")
-        elif name not in present:
-            problems.append(f"{name}: missing")
-        elif not isinstance(digest, str):
-            problems.append(f"{name}: recorded sha256 is not a string")
-        else:
-            to_hash.append((name, digest))
-    for name in sorted(present - set(recorded)):
-        problems.append(f"{name}: not listed in the manifest")
-
-    def mismatch(item: tuple[str, str]) -> str | None:
-        name, digest = item
-        try:
-            actual = sha256_file(folder / name)
-        except OSError as error:
-            return f"{name}: unreadable ({error.strerror})"
-        if actual != digest:
-            size = (folder / name).stat().st_size
-            return f"{name}: sha256 mismatch ({size} bytes; recorded {digest[:12]}…, found {actual[:12]}…)"
-        return None
-
-    with ThreadPoolExecutor(max_workers=max(1, hash_workers)) as pool:
-        problems += [p for p in pool.map(mismatch, to_hash) if p]
+    """Problems of one artifact folder (empty list: sound): asft.workflow.integrity, every file hashed,
+    and the parents it was made from unchanged since (their manifest hashes)."""
+    problems = artifact_problems(folder, stage, hash_workers=hash_workers)
+    manifest, _ = read_manifest(folder)
+    recorded = (manifest or {}).get("parent_files") or {}
+    refs = (manifest or {}).get("parents") or {}
+    if isinstance(recorded, dict) and isinstance(refs, dict):
+        now = parent_digests({role: Path(folder).parent.parent / str(ref) for role, ref in refs.items()})
+        for role, digest in sorted(recorded.items()):
+            if now.get(role) is not None and now[role] != digest:
+                problems.append(f"its {role} ({refs[role]}) changed since it was made from it")
     return problems
 
 
@@ -216,14 +178,39 @@ def scan(results: Path, hash_workers: int = 4) -> list[Finding]:
         for entry in sorted(results.glob("*.tmp")) + sorted(results.glob(f"{TABLES}/*/*.tmp")):
             findings.append(Finding("leftover", NOTE, "aggregate", str(entry.relative_to(results)),
                                     "temporary file of an interrupted aggregate", entry, entry.is_file()))
+        findings += _scan_tables(results / TABLES, hash_workers)
     damaged = {f"{f.stage}/{f.name}" for f in findings if f.severity == PROBLEM}
     for ref, parents in sorted(artifact_parents(results).items()):
         gone = [p for p in parents if not (results / p / MANIFEST).is_file()]
         if gone and ref not in damaged:
             stage, key = ref.split("/")
+            rebuild = " ".join(f"{results.name}/{p}/{MANIFEST}" for p in gone)
             findings.append(Finding("orphan", NOTE, stage, key,
-                                    f"made from {', '.join(gone)}, no longer present (still valid; left alone)",
+                                    f"made from {', '.join(gone)}, no longer present (still valid; left alone). "
+                                    f"Snakemake does not rebuild a missing intermediate on its own: "
+                                    f"`snakemake --cores all {rebuild} --configfile <yours>` rebuilds it",
                                     results / ref, False))
+    return findings
+
+
+def _scan_tables(tables: Path, hash_workers: int) -> list[Finding]:
+    """Results tables are written like artifacts (temporary folder, manifest, rename): check them so."""
+    findings = []
+    for entry in sorted(tables.iterdir()) if tables.is_dir() else ():
+        if (match := TMP_RE.match(entry.name)) and entry.is_dir():
+            if not pid_alive(int(match.group("pid"))):
+                findings.append(Finding("leftover", NOTE, "aggregate", f"{TABLES}/{entry.name}",
+                                        "temporary folder of an interrupted aggregate", entry, True))
+        elif KEY_RE.match(entry.name) and entry.is_dir() and any(entry.iterdir()):
+            if not (entry / MANIFEST).exists():
+                findings.append(Finding("incomplete", PROBLEM, "aggregate", f"{TABLES}/{entry.name}",
+                                        "a results table without manifest.json (half written, or made before "
+                                        "tables had one): --fix removes it and the next run rebuilds it", entry, True))
+                continue
+            problems = artifact_problems(entry, TABLES, hash_workers=hash_workers)
+            if problems:
+                findings.append(Finding("corrupted", PROBLEM, "aggregate", f"{TABLES}/{entry.name}",
+                                        "; ".join(problems[:4]), entry, True))
     return findings
 
 

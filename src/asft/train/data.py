@@ -25,6 +25,14 @@ from typing import Any
 
 from asft.core.files import sha256_file
 from asft.core.job import StageJob
+from asft.train.data_checks import (
+    check_text_columns,
+    json_holds_a_list,
+    read_json_list,
+    read_jsonl_rows,
+    read_parquet_rows,
+    row_at,
+)
 from asft.train.modes import IGNORE_INDEX
 from asft.train.settings import EmbeddedData, HubData, LocalData, TokenizeSettings
 from asft.train.templates import training_prompt
@@ -88,34 +96,22 @@ def write_jsonl(path: Path, rows: Sequence[Mapping[str, Any]]) -> None:
 
 
 def read_jsonl(path: Path) -> list[dict[str, Any]]:
-    rows = []
-    with open(path, encoding="utf-8") as handle:
-        for number, line in enumerate(handle, 1):
-            if line.strip():
-                try:
-                    row = json.loads(line)
-                except json.JSONDecodeError as error:
-                    raise ValueError(f"{path}: line {number} is not JSON ({error})") from None
-                if not isinstance(row, dict):
-                    raise ValueError(f"{path}: line {number} is a {type(row).__name__}, expected a JSON object")
-                rows.append(row)
-    return rows
+    """Rows of a JSON Lines file; a bad byte, bad JSON or a non-object names the file and the line
+    (a DataFileError, a ValueError), never a bare UnicodeDecodeError or JSONDecodeError."""
+    return read_jsonl_rows(Path(path))
 
 
 def read_rows(path: Path) -> list[dict[str, Any]]:
-    """Rows of a .jsonl, .json (a list of objects, or JSON lines) or .parquet file."""
+    """Rows of a .jsonl, .json (a list of objects, or JSON lines) or .parquet file.
+
+    The same readers check the file when the workflow is parsed (asft.train.data_checks), so what
+    passed there reads the same here; errors name the file and the line (JSON Lines) or row.
+    """
     path = Path(path)
     if path.suffix == ".parquet":
-        import pyarrow.parquet as pq
-
-        return pq.read_table(path).to_pylist()
-    if path.suffix == ".json":
-        text = path.read_text(encoding="utf-8").lstrip()
-        if text.startswith("["):
-            rows = json.loads(text)
-            if not all(isinstance(row, dict) for row in rows):
-                raise ValueError(f"{path}: expected a list of JSON objects")
-            return rows
+        return read_parquet_rows(path)
+    if path.suffix == ".json" and json_holds_a_list(path):
+        return read_json_list(path)
     return read_jsonl(path)
 
 
@@ -185,13 +181,10 @@ def normalise_rows(rows: list[dict[str, Any]], prompt_field: str, response_field
                 f"{origin}: no column '{field}' (train_sets[].{setting}); the rows have columns "
                 f"{', '.join(map(repr, sorted(rows[0])))}; set train_sets[].{setting} to the right one"
             )
+    columns = {prompt_field: "train_sets[].prompt_field", response_field: "train_sets[].response_field"}
     out = []
     for index, row in enumerate(rows):
-        for field in (prompt_field, response_field):
-            value = row.get(field)
-            if not isinstance(value, str):
-                what = "missing" if field not in row else f"{type(value).__name__}, not text"
-                raise ValueError(f"{origin}: row {index} (counting from 0): column '{field}' is {what}")
+        check_text_columns(row, columns, row_at(origin, index))
         out.append({"instruction": row[prompt_field], "response": row[response_field]})
     return out
 

@@ -24,7 +24,7 @@ from typing import Any
 
 from asft.core.files import sha256_file
 from asft.core.settings import Runtime, StageSettings
-from asft.workflow.keys import KEY_LENGTH
+from asft.workflow.keys import KEY_LENGTH, STAGE_VERSIONS
 
 MANIFEST = "manifest.json"
 TRACKED_PACKAGES = ("asft", "torch", "transformers", "peft", "trl", "datasets", "tokenizers", "math-verify", "vllm", "deepspeed")
@@ -74,6 +74,7 @@ class Node:
         return {
             "stage": self.stage,
             "key": self.key,
+            "version": STAGE_VERSIONS[self.stage],
             "settings": self.settings.key_payload(),
             "parents": dict(self.parents),
             "labels": dict(self.labels),
@@ -147,12 +148,10 @@ def _fsync_tree(folder: Path) -> None:
 
 
 @contextmanager
-def writing_artifact(final: Path, node: Node, extra: Mapping[str, Any] | None = None) -> Iterator[Path]:
-    """Yield a temporary folder; on success write the manifest and rename it to `final`.
-
-    On any exception the temporary folder is removed and nothing is left at `final`.
-    The caller may add entries to the returned folder's `.manifest_extra.json` via `extra`.
-    """
+def atomic_folder(final: Path, *, replace: bool = False) -> Iterator[Path]:
+    """Yield a temporary sibling folder; when the block ends without an exception, fsync it and rename
+    it to `final`. On any exception it is removed and `final` is left as it was. An empty `final` (made
+    by Snakemake) is replaced; a complete one only with `replace` (a rebuilt results table)."""
     final = Path(final)
     final.parent.mkdir(parents=True, exist_ok=True)
     for stale in final.parent.glob(f"{final.name}{TMP_MARK}*"):
@@ -160,23 +159,40 @@ def writing_artifact(final: Path, node: Node, extra: Mapping[str, Any] | None = 
             shutil.rmtree(stale, ignore_errors=True)  # left by a killed job; a live one keeps its own
     tmp = tmp_dir(final, os.getpid())
     tmp.mkdir()
-    started = time.time()
     try:
         yield tmp
-        manifest = {
-            **node.record(),
-            "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-            "wall_seconds": round(time.time() - started, 3),
-            "packages": package_versions(),
-            "git_commit": git_commit(Path(__file__).parent),
-            **(dict(extra) if extra else {}),
-            "files": file_hashes(tmp),
-        }
-        (tmp / MANIFEST).write_text(json.dumps(manifest, indent=2, sort_keys=True) + "\n")
         _fsync_tree(tmp)  # the rename must never expose files still in the page cache only
+        if replace and final.is_dir() and any(final.iterdir()):
+            shutil.rmtree(final)
         _clear_target(final)
         os.replace(tmp, final)
         _fsync_dir(final.parent)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+
+
+def write_manifest(folder: Path, record: Mapping[str, Any], started: float) -> None:
+    """The manifest, written last: the record, provenance, wall time and the sha256 of every file."""
+    manifest = {
+        **record,
+        "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        "wall_seconds": round(time.time() - started, 3),
+        "packages": package_versions(),
+        "git_commit": git_commit(Path(__file__).parent),
+        "files": file_hashes(folder),
+    }
+    (folder / MANIFEST).write_text(json.dumps(manifest, indent=2, sort_keys=True) + "\n")
+
+
+@contextmanager
+def writing_artifact(final: Path, node: Node, extra: Mapping[str, Any] | None = None) -> Iterator[Path]:
+    """Yield a temporary folder; on success write the manifest and rename it to `final`.
+
+    On any exception the temporary folder is removed and nothing is left at `final`. Entries the
+    caller puts into `extra` while the block runs (stats, parents' content) enter the manifest.
+    """
+    started = time.time()
+    with atomic_folder(final) as tmp:
+        yield tmp
+        write_manifest(tmp, {**node.record(), **(dict(extra) if extra else {})}, started)

@@ -7,6 +7,7 @@ Every field says what it is for; unknown keys are errors that name the field.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Literal
@@ -66,9 +67,9 @@ class ModelConfig(_Strict):
     @model_validator(mode="after")
     def _source_fields(self) -> ModelConfig:
         if self.source == "hub" and not self.id:
-            raise ValueError("model.id is required when model.source is 'hub'")
+            raise ValueError("model.id: required when model.source is 'hub'")
         if self.source == "local" and not self.local_path:
-            raise ValueError("model.local_path is required when model.source is 'local'")
+            raise ValueError("model.local_path: required when model.source is 'local'")
         return self
 
 
@@ -104,7 +105,7 @@ class TrainSetConfig(_Strict):
         needed = {"embedded": ["task"], "hub": ["repo", "filename"], "local": ["path"]}[self.source]
         for field in needed:
             if getattr(self, field) in (None, ""):
-                raise ValueError(f"train_sets[{self.name}].{field} is required when source is '{self.source}'")
+                raise ValueError(f"train_sets[{self.name}].{field}: required when source is '{self.source}'")
         return self
 
 
@@ -315,7 +316,7 @@ class Config(_Strict):
         if not seeds:
             raise ValueError("seeds: the list is empty; give at least one seed, e.g. [0]")
         if len(set(seeds)) != len(seeds) or any(s < 0 for s in seeds):
-            raise ValueError("seeds: seeds must be distinct non-negative integers")
+            raise ValueError(f"seeds: must be distinct non-negative integers, got {seeds}")
         return seeds
 
     @field_validator("train_sets")
@@ -370,7 +371,8 @@ class Config(_Strict):
             )
         _check_precision_fits_deepspeed(self.train)
         if self.train.global_batch_size % self.train.per_device_batch_size:
-            raise ValueError("train.global_batch_size must be a multiple of train.per_device_batch_size")
+            raise ValueError(f"train.global_batch_size: {self.train.global_batch_size} is not a multiple of "
+                             f"train.per_device_batch_size ({self.train.per_device_batch_size})")
         return self
 
     @model_validator(mode="after")
@@ -430,30 +432,66 @@ def _check_precision_fits_deepspeed(train: TrainConfig) -> None:
         )
     if train.precision != "bf16_pure" and master_bf16:
         raise ValueError(
-            f"train.deepspeed ({train.deepspeed}) keeps bf16 master weights, which is train.precision bf16_pure, "
+            f"train.deepspeed: {train.deepspeed} keeps bf16 master weights, which is train.precision bf16_pure, "
             f"not {train.precision}"
         )
 
 
+#: A message that starts by naming a field: `modes: ...`, `model.id: ...`, `train_sets[x].repo: ...`,
+#: `loss.hparams.sft-topk.keep: ...`, `train.precision is ...`; group `root` is its first part.
+_NAMED_FIELD = re.compile(r"(?P<root>[A-Za-z_]\w*)(?:\[[^\]]*\]|\.[\w+-]+)*[: ]")
+
+
+def _names_its_field(message: str, loc: tuple) -> bool:
+    """Whether a validator's message already starts with its field (the formatter then adds no prefix).
+
+    Validators name their field themselves: a model validator of the whole config has no location
+    (loc ()), and one of a nested model knows its field better than pydantic's loc (train_sets.0).
+    The message counts as naming it when it starts with the field the location starts with, or,
+    without a location, with any top-level field.
+    """
+    match = _NAMED_FIELD.match(message)
+    if not match:
+        return False
+    root = match.group("root")
+    return root == str(loc[0]) if loc else root in Config.model_fields
+
+
 def _format_error(error: ValidationError) -> str:
+    """One `  <field>: <problem>` line per error, each naming its field once."""
     lines = []
     for item in error.errors():
-        where = ".".join(str(part) for part in item["loc"]) or "config"
+        loc = tuple(item["loc"])
         message = item["msg"].removeprefix("Value error, ")
-        lines.append(f"  {where}: {message}")
+        if item["type"] == "value_error" and _names_its_field(message, loc):
+            lines.append(f"  {message}")
+        else:
+            lines.append(f"  {'.'.join(str(part) for part in loc) or 'config'}: {message}")
     return "invalid configuration:\n" + "\n".join(lines)
 
 
-def parse_config(raw: Any) -> Config:
-    """Validate a config mapping; raise ConfigError naming each bad field."""
+def parse_config(raw: Any, *, check_files: bool = True) -> Config:
+    """Validate a config mapping; raise ConfigError naming each bad field.
+
+    With `check_files` (the default, and what the Snakefile and `asft plan` use), the local files it
+    names are checked too (asft.workflow.input_files): a missing file, bad bytes, bad JSON or a
+    missing column stop here, at parse time, naming the file, the line and the column.
+    """
     if raw is None:
         raw = {}
     if not isinstance(raw, dict):
         raise ConfigError(f"invalid configuration: expected a mapping at the top level, got {type(raw).__name__}")
     try:
-        return Config.model_validate(raw)
+        cfg = Config.model_validate(raw)
     except ValidationError as error:
         raise ConfigError(_format_error(error)) from None
+    if check_files:
+        from asft.workflow.input_files import input_file_problems  # it reads the typed config
+
+        problems = input_file_problems(cfg)
+        if problems:
+            raise ConfigError("invalid configuration:\n" + "\n".join(f"  {problem}" for problem in problems))
+    return cfg
 
 
 def deep_merge(base: dict, override: dict) -> dict:
@@ -532,9 +570,10 @@ def layered_raw(paths: list[Path] | tuple[Path, ...], overrides: dict | None = N
     return raw
 
 
-def load_config(*paths: Path, with_default: bool = True) -> Config:
-    """Load and merge config files in order (the embedded default first), as the workflow does."""
-    return parse_config(layered_raw(list(paths), with_default=with_default))
+def load_config(*paths: Path, with_default: bool = True, check_files: bool = True) -> Config:
+    """Load and merge config files in order (the embedded default first), as the workflow does;
+    `check_files` as in parse_config."""
+    return parse_config(layered_raw(list(paths), with_default=with_default), check_files=check_files)
 
 
 def json_schema() -> dict:

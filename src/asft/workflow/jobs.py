@@ -19,20 +19,34 @@ from pathlib import Path
 from typing import Any
 
 from asft.core.job import StageJob
-from asft.workflow.artifacts import Node, partial_dir, writing_artifact
+from asft.workflow.artifacts import MANIFEST, Node, atomic_folder, partial_dir, write_manifest, writing_artifact
+from asft.workflow.integrity import ArtifactError, artifact_problems, parent_digests, read_manifest, verify_parents
 from asft.workflow.job_records import job_record
 from asft.workflow.plan import read_node
 from asft.workflow.stages import get_stage, stage_of_rule
 
 
-def run_stage(node: Node, inputs: Mapping[str, Path], final: Path, *, threads: int = 1) -> dict[str, Any]:
+def run_stage(node: Node, inputs: Mapping[str, Path], final: Path, *, threads: int = 1,
+              verify_parents_first: bool = True) -> dict[str, Any]:
     """Run one stage's runner (from the stage table) into `final` atomically; returns its stats (also in
     stats.json). What must survive a killed job (training checkpoints) lives in `<key>.partial/`, removed
-    once the artifact is complete."""
+    once the artifact is complete.
+
+    Every parent is verified against its manifest before the runner reads it, and the child's manifest
+    records the parents' manifest hashes. An artifact that is already complete and sound is returned
+    at once: after a kill between the rename and Snakemake's bookkeeping, the documented resume
+    (`snakemake --unlock`, then the same command; the profiles set rerun-incomplete) costs nothing.
+    """
     final = Path(final)
+    if (final / MANIFEST).is_file():
+        stats = _already_complete(node, final, inputs)
+        if stats is not None:
+            return stats
     stage = get_stage(node.stage)
     runner = stage.load_runner()
     extra: dict[str, Any] = {}
+    if verify_parents_first:
+        extra["parent_files"] = verify_parents(inputs)
     resume = partial_dir(final)
     with writing_artifact(final, node, extra) as tmp:
         job = StageJob(settings=node.settings, runtime=node.runtime, parents=dict(inputs), out=tmp,
@@ -42,6 +56,25 @@ def run_stage(node: Node, inputs: Mapping[str, Path], final: Path, *, threads: i
         extra["stats"] = stats
     shutil.rmtree(resume, ignore_errors=True)  # the artifact is complete: its resume point is no longer needed
     return stats
+
+
+def _already_complete(node: Node, final: Path, inputs: Mapping[str, Path]) -> dict[str, Any] | None:
+    """The stats of a complete, sound artifact made from the parents as they are now; None after removing
+    one made from parents whose content has changed since (it is stale: the job makes it again)."""
+    problems = artifact_problems(final, node.stage)
+    if problems:
+        raise ArtifactError(f"{final} holds an artifact that is not what its manifest says ({'; '.join(problems[:3])}); "
+                            "run `asft verify --fix`, then the same snakemake command")
+    manifest, _ = read_manifest(final)
+    recorded = manifest.get("parent_files") or {}
+    now = parent_digests(inputs)
+    if any(recorded.get(role) not in (None, digest) for role, digest in now.items()):
+        print(f"[asft] {node.stage} {node.key}: its parents' content changed since it was made; making it again",
+              flush=True)
+        shutil.rmtree(final)
+        return None
+    print(f"[asft] {node.stage} {node.key} is already complete and sound: nothing to do", flush=True)
+    return dict(manifest.get("stats") or {})
 
 
 @contextmanager
@@ -92,22 +125,28 @@ def run_from_snakemake(smk: Any) -> None:
 
 
 def run_aggregate_from_snakemake(smk: Any) -> None:
-    """The keyed table folder: table, per-run rows, chart, LaTeX, resolved config and plan."""
+    """The keyed table folder (table, per-run rows, chart, LaTeX, resolved config, plan, manifest),
+    written like every artifact: into a temporary folder, fsynced, renamed into place."""
+    import time
+
     import yaml
 
     from asft.eval.published import load_published
     from asft.eval.table import aggregate
 
     params, out = smk.params, smk.output
+    final = Path(out.csv).parent
     with redirect_output(smk.log[0] if smk.log else None):
         eval_dirs = {Path(p).parent.name: Path(p).parent for p in smk.input.evals}
-        table = aggregate(params.rows, eval_dirs, Path(out.csv).parent, benchmarks=params.benchmarks,
-                          target=params.target, retention=params.retention, mode_order=params.modes,
-                          title=params.title, labels=params.labels, published=load_published(params.published))
-        for path, text in ((out.config, yaml.safe_dump(params.config, sort_keys=False)),
-                           (out.plan, json.dumps({"rows": params.rows}, indent=2) + "\n")):
-            Path(path + ".tmp").write_text(text)
-            Path(path + ".tmp").replace(path)
+        verify_parents({f"eval {key}": folder for key, folder in eval_dirs.items()})
+        started = time.time()
+        with atomic_folder(final, replace=True) as tmp:
+            table = aggregate(params.rows, eval_dirs, tmp, benchmarks=params.benchmarks, target=params.target,
+                              retention=params.retention, mode_order=params.modes, title=params.title,
+                              labels=params.labels, published=load_published(params.published))
+            (tmp / Path(out.config).name).write_text(yaml.safe_dump(params.config, sort_keys=False))
+            (tmp / Path(out.plan).name).write_text(json.dumps({"rows": params.rows}, indent=2) + "\n")
+            write_manifest(tmp, {"stage": final.parent.name, "key": final.name}, started)
         print(table.to_string(), flush=True)
 
 

@@ -40,13 +40,15 @@ def canonical_json(value: Any) -> str:
     return json.dumps(check(value), sort_keys=True, separators=(",", ":"), ensure_ascii=True)
 
 
-def stage_key(stage: str, settings: Mapping[str, Any], parents: Mapping[str, str] | None = None) -> str:
-    """The content key of one stage run."""
+def stage_key(stage: str, settings: Mapping[str, Any], parents: Mapping[str, str] | None = None, *,
+              version: int | None = None) -> str:
+    """The content key of one stage run (at the stage's current version unless `version` is given:
+    `asft verify` recomputes an artifact's key with the version it was made at)."""
     if stage not in STAGE_VERSIONS:
         raise ValueError(f"unknown stage '{stage}'; known: {', '.join(STAGE_VERSIONS)}")
     payload = {
         "stage": stage,
-        "version": STAGE_VERSIONS[stage],
+        "version": STAGE_VERSIONS[stage] if version is None else version,
         "settings": settings,
         "parents": dict(parents or {}),
     }
