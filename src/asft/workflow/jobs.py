@@ -12,6 +12,7 @@ import json
 import os
 import shutil
 import sys
+import time
 import traceback
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
@@ -46,7 +47,9 @@ def run_stage(node: Node, inputs: Mapping[str, Path], final: Path, *, threads: i
     runner = stage.load_runner()
     extra: dict[str, Any] = {}
     if verify_parents_first:
+        checking = time.perf_counter()
         extra["parent_files"] = verify_parents(inputs)
+        extra["parent_check_seconds"] = round(time.perf_counter() - checking, 3)  # the cost, for the record
     resume = partial_dir(final)
     with writing_artifact(final, node, extra) as tmp:
         job = StageJob(settings=node.settings, runtime=node.runtime, parents=dict(inputs), out=tmp,
@@ -127,8 +130,6 @@ def run_from_snakemake(smk: Any) -> None:
 def run_aggregate_from_snakemake(smk: Any) -> None:
     """The keyed table folder (table, per-run rows, chart, LaTeX, resolved config, plan, manifest),
     written like every artifact: into a temporary folder, fsynced, renamed into place."""
-    import time
-
     import yaml
 
     from asft.eval.published import load_published
