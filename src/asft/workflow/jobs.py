@@ -138,16 +138,21 @@ def run_aggregate_from_snakemake(smk: Any) -> None:
     params, out = smk.params, smk.output
     final = Path(out.csv).parent
     with redirect_output(smk.log[0] if smk.log else None):
-        eval_dirs = {Path(p).parent.name: Path(p).parent for p in smk.input.evals}
-        verify_parents({f"eval {key}": folder for key, folder in eval_dirs.items()})
-        started = time.time()
-        with atomic_folder(final, replace=True) as tmp:
-            table = aggregate(params.rows, eval_dirs, tmp, benchmarks=params.benchmarks, target=params.target,
-                              retention=params.retention, mode_order=params.modes, title=params.title,
-                              labels=params.labels, published=load_published(params.published))
-            (tmp / Path(out.config).name).write_text(yaml.safe_dump(params.config, sort_keys=False))
-            (tmp / Path(out.plan).name).write_text(json.dumps({"rows": params.rows}, indent=2) + "\n")
-            write_manifest(tmp, {"stage": final.parent.name, "key": final.name}, started)
+        try:
+            eval_dirs = {Path(p).parent.name: Path(p).parent for p in smk.input.evals}
+            verify_parents({f"eval {key}": folder for key, folder in eval_dirs.items()})
+            started = time.time()
+            with atomic_folder(final, replace=True) as tmp:
+                table = aggregate(params.rows, eval_dirs, tmp, benchmarks=params.benchmarks, target=params.target,
+                                  retention=params.retention, mode_order=params.modes, title=params.title,
+                                  labels=params.labels, published=load_published(params.published))
+                (tmp / Path(out.config).name).write_text(yaml.safe_dump(params.config, sort_keys=False))
+                (tmp / Path(out.plan).name).write_text(json.dumps({"rows": params.rows}, indent=2) + "\n")
+                write_manifest(tmp, {"stage": final.parent.name, "key": final.name}, started)
+        except BaseException:
+            traceback.print_exc()  # into logs/aggregate.log, which Snakemake shows for a failed job
+            print("[asft] aggregate failed", flush=True)
+            raise
         print(table.to_string(), flush=True)
 
 
