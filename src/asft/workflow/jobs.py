@@ -42,6 +42,8 @@ def run_stage(node: Node, inputs: Mapping[str, Path], final: Path, *, threads: i
     if (final / MANIFEST).is_file():
         stats = _already_complete(node, final, inputs)
         if stats is not None:
+            # killed between the rename and the clean-up below: the checkpoints are stale now
+            shutil.rmtree(partial_dir(final), ignore_errors=True)
             return stats
     stage = get_stage(node.stage)
     runner = stage.load_runner()
