@@ -50,7 +50,6 @@ import os
 import shutil
 import signal
 import subprocess
-import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -59,11 +58,8 @@ from pathlib import Path
 import pytest
 
 from asft.workflow.artifacts import KEY_RE
+from tests.snakemake_runs import SNAKEMAKE, TINY, asft, group_gone, output, smk
 
-ROOT = Path(__file__).resolve().parents[1]
-TINY = ROOT / "tests" / "configs" / "tiny.yaml"
-SNAKEMAKE = [sys.executable, "-m", "snakemake", "-s", str(ROOT / "Snakefile")]
-ASFT = [sys.executable, "-m", "asft.ops.cli"]
 CONFIG = ["--configfile", str(TINY)]
 COMMAND = [*CONFIG, "--cores", "2"]  # "the same snakemake command", every time
 COMPARED = ("table.csv", "runs.csv")
@@ -85,19 +81,6 @@ OPT_IN = [pytest.mark.slow, pytest.mark.kill_matrix,
 
 
 # --- running Snakemake and looking at its working directory ---------------------------------------
-
-def smk(workdir: Path, *args: str, timeout: int = 1200) -> subprocess.CompletedProcess:
-    return subprocess.run([*SNAKEMAKE, "--directory", str(workdir), *args], capture_output=True, text=True,
-                          timeout=timeout)
-
-
-def asft(workdir: Path, *args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([*ASFT, *args], cwd=workdir, capture_output=True, text=True, timeout=600)
-
-
-def text(result: subprocess.CompletedProcess) -> str:
-    return result.stdout + result.stderr
-
 
 def mark_path(workdir: Path, output: str) -> Path:
     """Snakemake's incomplete mark of an output (path relative to the working directory)."""
@@ -133,17 +116,6 @@ def leftovers(workdir: Path) -> list[str]:
     found = [*results.glob("*/*.tmp-*"), *results.glob("*/*.partial"), *results.glob("*.tmp"),
              *results.glob("tables/*/*.tmp")]
     return sorted(str(p.relative_to(workdir)) for p in found)
-
-
-def group_gone(pgid: int, timeout: float = 30) -> bool:
-    deadline = time.time() + timeout
-    while time.time() < deadline:
-        try:
-            os.killpg(pgid, 0)
-        except ProcessLookupError:
-            return True
-        time.sleep(0.05)
-    return False
 
 
 def artifact_output(stage: str, key: str) -> str:
@@ -188,7 +160,7 @@ def run_and_kill(workdir: Path, condition: Callable[[Path], str | None], log: Pa
         except ProcessLookupError:
             pass
         proc.wait()
-    assert group_gone(proc.pid), "a job survived the SIGKILL of its process group"
+    assert group_gone(proc.pid, timeout=30), "a job survived the SIGKILL of its process group"
     kill = Kill(point, hit, time.time() - started, log, marked(workdir), leftovers(workdir))
     assert hit, f"{point}: the point was never reached (rc {proc.returncode}):\n{log.read_text()[-4000:]}"
     return kill
@@ -197,7 +169,7 @@ def run_and_kill(workdir: Path, condition: Callable[[Path], str | None], log: Pa
 def resume(workdir: Path) -> tuple[subprocess.CompletedProcess, subprocess.CompletedProcess]:
     """The documented resume: `snakemake --unlock` with the same --configfile, then the same command."""
     unlock = smk(workdir, *CONFIG, "--unlock")
-    assert unlock.returncode == 0, text(unlock)[-3000:]
+    assert unlock.returncode == 0, output(unlock)[-3000:]
     return unlock, smk(workdir, *COMMAND)
 
 
@@ -222,14 +194,14 @@ def file_tables(workdir: Path) -> dict[str, dict[str, str]]:
 def check_resumed(workdir: Path, reference: "Reference", result: subprocess.CompletedProcess) -> None:
     """Exit 0, the reference's table and per-run rows byte for byte, `asft verify` sound, nothing left
     to do, nothing left behind."""
-    assert result.returncode == 0, f"the resumed run failed:\n{text(result)[-6000:]}"
+    assert result.returncode == 0, f"the resumed run failed:\n{output(result)[-6000:]}"
     assert table_bytes(workdir) == reference.tables, "the resumed run's table differs from the reference"
     verify = asft(workdir, "verify")
-    assert verify.returncode == 0, f"asft verify after the resumed run:\n{text(verify)[-3000:]}"
+    assert verify.returncode == 0, f"asft verify after the resumed run:\n{output(verify)[-3000:]}"
     assert leftovers(workdir) == []
     assert marked(workdir) == set(), f"Snakemake still marks outputs incomplete: {sorted(marked(workdir))}"
     dry = smk(workdir, *CONFIG, "-n")
-    assert dry.returncode == 0 and "Nothing to be done" in text(dry), f"a dry run after it:\n{text(dry)[-3000:]}"
+    assert dry.returncode == 0 and "Nothing to be done" in output(dry), f"a dry run after it:\n{output(dry)[-3000:]}"
     files = file_tables(workdir)
     assert set(files) == set(reference.files), f"artifacts: {sorted(set(files) ^ set(reference.files))} differ"
     changed = {ref for ref, table in files.items() if reference.files[ref] != table}
@@ -250,7 +222,7 @@ def reference(tmp_path_factory) -> Reference:
     workdir = tmp_path_factory.mktemp("reference")
     started = time.time()
     result = smk(workdir, *COMMAND)
-    assert result.returncode == 0, text(result)[-4000:]
+    assert result.returncode == 0, output(result)[-4000:]
     return Reference(workdir, table_bytes(workdir), file_tables(workdir), time.time() - started)
 
 
@@ -312,7 +284,7 @@ def test_a_run_killed_just_after_each_stages_rename_resumes_with_unlock_and_the_
             kill = run_and_kill(workdir, renamed(stage, done(workdir)), tmp_path / f"{stage}-{attempt}.log",
                                 f"{stage} renamed")
             unlock = smk(workdir, *CONFIG, "--unlock")
-            assert unlock.returncode == 0, text(unlock)[-3000:]
+            assert unlock.returncode == 0, output(unlock)[-3000:]
             # The kill must fall between the rename and Snakemake recording the job: its mark is still there.
             if artifact_output(stage, key_of(kill.hit) if stage != "publish" else "") in kill.marks:
                 kills.append(kill)
@@ -488,7 +460,7 @@ def test_corrupted_parent_stops_its_child_then_verify_fix_and_the_same_command_r
     remove_with_descendants(workdir, {targets[child]})  # the child must run again, and read its parent
     remove_published(workdir)
     failed = smk(workdir, *COMMAND)
-    out = text(failed)
+    out = output(failed)
     assert failed.returncode != 0, out[-4000:]
     log_name = "aggregate.log" if child == "aggregate" else f"{child}/{key_of(targets[child])}.log"
     log = (workdir / "logs" / log_name).read_text()
@@ -499,9 +471,9 @@ def test_corrupted_parent_stops_its_child_then_verify_fix_and_the_same_command_r
         assert not missing, f"{where} lacks {missing}:\n{said[-4000:]}"
     assert not (workdir / "results" / targets[child] / "manifest.json").exists()
     found = asft(workdir, "verify")
-    assert found.returncode == 1 and targets[parent].split("/")[1] in found.stdout, text(found)
+    assert found.returncode == 1 and targets[parent].split("/")[1] in found.stdout, output(found)
     fixed = asft(workdir, "verify", "--fix")
-    assert fixed.returncode == 0, text(fixed)
+    assert fixed.returncode == 0, output(fixed)
     assert not folder.exists()
     result = smk(workdir, *COMMAND)
     print(f"{parent}/{name} corrupted: {child} stopped with the message; verify --fix, rerun rc {result.returncode}")

@@ -4,11 +4,10 @@ cleanly, and two workflows on one directory do not corrupt each other.
 The workflow tests share one real Snakemake run of tests/configs/tiny.yaml (with longer training):
 it is SIGKILLed mid-training, then unlocked and re-run, and later corrupted, fixed and re-run.
 What a user types after a kill: `snakemake --unlock` (a SIGKILLed Snakemake leaves its lock), then
-the same `snakemake` command; nothing else (no --rerun-incomplete: an artifact's manifest only
-appears once it is complete, so a killed job leaves no output that Snakemake would call incomplete).
-The rare exceptions (killed in the instant between a job's rename and Snakemake's bookkeeping, or
-while the aggregate writes its table) make Snakemake ask for --rerun-incomplete; `asft verify --fix`
-settles them without recomputing sound artifacts.
+the same `snakemake` command; nothing else (an artifact's manifest only appears once it is complete;
+a kill in the instant between a job's rename and Snakemake's bookkeeping leaves Snakemake's mark on
+a complete artifact, and the profiles' rerun-incomplete re-runs that job, which returns at once:
+tests/test_kill_harness.py kills every stage there).
 """
 
 from __future__ import annotations
@@ -23,7 +22,6 @@ import shutil
 import signal
 import socket
 import subprocess
-import sys
 import time
 from pathlib import Path
 from types import SimpleNamespace
@@ -52,26 +50,10 @@ from asft.workflow.job_records import (
 from asft.workflow.plan import build_plan
 from asft.ops.verify import run_verify, scan
 from tests.conftest import RUNTIME, train_settings
+from tests.snakemake_runs import SNAKEMAKE, TINY, asft, group_gone, output, smk
 
-ROOT = Path(__file__).resolve().parents[1]
-TINY = ROOT / "tests" / "configs" / "tiny.yaml"
-SNAKEMAKE = [sys.executable, "-m", "snakemake", "-s", str(ROOT / "Snakefile")]
-ASFT = [sys.executable, "-m", "asft.ops.cli"]
 LONG_TRAIN = "train: {max_steps: 60, save_steps: 20, logging_steps: 5}\n"
 LOCKED = "Directory cannot be locked"
-
-
-def smk(workdir: Path, *args: str, timeout: int = 900) -> subprocess.CompletedProcess:
-    return subprocess.run([*SNAKEMAKE, "--directory", str(workdir), *args], capture_output=True, text=True,
-                          timeout=timeout)
-
-
-def asft(cwd: Path, *args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([*ASFT, *args], cwd=cwd, capture_output=True, text=True, timeout=300)
-
-
-def output(result: subprocess.CompletedProcess) -> str:
-    return result.stdout + result.stderr
 
 
 def manifests(workdir: Path) -> dict[str, int]:
@@ -82,17 +64,6 @@ def manifests(workdir: Path) -> dict[str, int]:
 
 def leftovers(workdir: Path) -> list[Path]:
     return sorted((workdir / "results").glob("*/*.tmp-*")) + sorted((workdir / "results").glob("*.tmp"))
-
-
-def group_gone(pgid: int, timeout: float = 20) -> bool:
-    deadline = time.time() + timeout
-    while time.time() < deadline:
-        try:
-            os.killpg(pgid, 0)
-        except ProcessLookupError:
-            return True
-        time.sleep(0.1)
-    return False
 
 
 def read_table(workdir: Path) -> list[dict[str, str]]:
@@ -127,7 +98,7 @@ def run(tmp_path_factory) -> SimpleNamespace:
         os.killpg(proc.pid, signal.SIGKILL)  # snakemake and every job it started
         proc.wait()
     assert checkpoint is not None, f"no checkpoint appeared before the run ended:\n{first_log.read_text()[-3000:]}"
-    assert group_gone(proc.pid), "a job survived the SIGKILL of its process group"
+    assert group_gone(proc.pid, timeout=20), "a job survived the SIGKILL of its process group"
     key = checkpoint.parent.name.removesuffix(".partial")
     state = SimpleNamespace(workdir=workdir, configs=configs, key=key, checkpoint=checkpoint.name)
     state.after_kill = {

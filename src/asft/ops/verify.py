@@ -27,9 +27,10 @@ files made from it are present and up to date, so deleting only a corrupted merg
 missing, and its evaluations and the table as they are.
 
 Snakemake's own bookkeeping is checked too: an output that Snakemake marks incomplete
-(`.snakemake/incomplete/`, a run killed between a job's last write and Snakemake recording it)
-makes the next run stop with "IncompleteFilesException". If the output is a sound artifact,
-`--fix` clears the mark (what `snakemake --cleanup-metadata FILE` does), keeping the artifact; any
+(`.snakemake/incomplete/`, a run killed between a job's last write and Snakemake recording it).
+The profiles set rerun-incomplete, so the next run re-runs such a job, which finds its artifact
+complete and sound and returns at once; without those profiles Snakemake stops with
+"IncompleteFilesException". If the output is a sound artifact, `--fix` clears the mark (what `snakemake --cleanup-metadata FILE` does), keeping the artifact; any
 other marked output (a half-written table) is removed so the next run rebuilds it.
 
 `--fix` refuses while a Snakemake lock is held on the working directory, so it never deletes what a
@@ -58,7 +59,7 @@ from pathlib import Path
 
 from asft.train.checkpoints import TRAINER_STATE, checkpoint_step, checkpoints, complete_checkpoints
 from asft.workflow.artifacts import KEY_RE, MANIFEST, PARTIAL_RE, TMP_RE
-from asft.workflow.integrity import artifact_problems, parent_digests, read_manifest
+from asft.workflow.integrity import artifact_problems, artifact_report, parent_digests
 from asft.workflow.stages import STAGE_NAMES
 
 #: The artifact stages, in pipeline order (the folders under results/), from the stage table.
@@ -103,8 +104,7 @@ def pid_alive(pid: int) -> bool:
 def check_artifact(folder: Path, stage: str, hash_workers: int = 4) -> list[str]:
     """Problems of one artifact folder (empty list: sound): asft.workflow.integrity, every file hashed,
     and the parents it was made from unchanged since (their manifest hashes)."""
-    problems = artifact_problems(folder, stage, hash_workers=hash_workers)
-    manifest, _ = read_manifest(folder)
+    manifest, problems = artifact_report(folder, stage, hash_workers=hash_workers)
     recorded = (manifest or {}).get("parent_files") or {}
     refs = (manifest or {}).get("parents") or {}
     if isinstance(recorded, dict) and isinstance(refs, dict):

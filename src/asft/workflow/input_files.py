@@ -22,7 +22,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from asft.train.data_checks import LARGE_FILE_BYTES, DataFileError, check_jsonl_file, check_train_file
+from asft.train.data_checks import LARGE_FILE_BYTES, DataFileError, check_jsonl_file, check_train_file, empty_file
 
 if TYPE_CHECKING:
     from asft.workflow.config import Config, TrainSetConfig
@@ -69,9 +69,9 @@ def train_set_problem(train_set: TrainSetConfig) -> str | None:
 def benchmark_copy_problem(benchmark: str, path: str) -> str | None:
     """What is wrong with a local benchmark copy, as `eval.benchmark_files.<name>: ...`; None if nothing.
 
-    The file must be UTF-8 JSON Lines of objects; then the benchmark's own loader reads it, so the
-    fields it needs are checked by the parser that will use them (hub benchmarks: the only ones
-    whose loader reads a copy).
+    The file must be UTF-8 JSON Lines of objects, not empty; a hub benchmark's own loader (the only kind
+    that reads a copy) reads it with the same reader, so the fields it needs are checked by the parser
+    that will use them.
     """
     from asft.eval.benchmarks import get_benchmark
 
@@ -80,10 +80,13 @@ def benchmark_copy_problem(benchmark: str, path: str) -> str | None:
     try:
         if not local.is_file():
             return f"{setting}: {local} " + ("is a folder, not a file" if local.is_dir() else "does not exist")
-        check_jsonl_file(local)
         loader = get_benchmark(benchmark)
         if loader.hub is not None and local.stat().st_size <= LARGE_FILE_BYTES:
-            loader.load_rows({"local_file": str(local)})
+            # its loader reads every line with the same reader, so the file is read once
+            if not loader.load_rows({"local_file": str(local)}):
+                raise empty_file(local)
+        else:
+            check_jsonl_file(local)
     except (OSError, ValueError) as error:  # DataFileError, or the loader's own message
         return f"{setting}: {str(error).removeprefix(f'benchmark {benchmark}: ')}"
     return None

@@ -73,12 +73,18 @@ def _load_cache(path: Path) -> dict[str, list]:
 
 
 def artifact_problems(folder: Path, stage: str, *, hash_workers: int = 4, use_cache: bool = False) -> list[str]:
-    """Problems of one artifact folder (empty list: sound). Reads every file once (or, with
-    `use_cache`, only the files whose size or mtime changed since they were last verified)."""
+    """Problems of one artifact folder (empty list: sound): see `artifact_report`."""
+    return artifact_report(folder, stage, hash_workers=hash_workers, use_cache=use_cache)[1]
+
+
+def artifact_report(folder: Path, stage: str, *, hash_workers: int = 4,
+                    use_cache: bool = False) -> tuple[dict[str, Any] | None, list[str]]:
+    """The folder's manifest (None if it does not read) and its problems (empty list: sound). Reads every
+    file once (or, with `use_cache`, only the files whose size or mtime changed since last verified)."""
     folder = Path(folder)
     manifest, problem = read_manifest(folder)
     if manifest is None:
-        return [problem]
+        return None, [problem]
     problems = []
     if manifest.get("key") != folder.name:
         problems.append(f"manifest key {manifest.get('key')!r} differs from the folder name")
@@ -138,7 +144,7 @@ def artifact_problems(folder: Path, stage: str, *, hash_workers: int = 4, use_ca
             tmp.replace(cache_path)
         except OSError:
             pass  # a cache that cannot be written costs time, not correctness
-    return problems
+    return manifest, problems
 
 
 def files_digest(manifest: Mapping[str, Any]) -> str:
@@ -162,13 +168,12 @@ def verify_parents(parents: Mapping[str, Path]) -> dict[str, str]:
     hashes = {}
     for role, folder in parents.items():
         folder = Path(folder)
-        problems = artifact_problems(folder, folder.parent.name, use_cache=True)
+        manifest, problems = artifact_report(folder, folder.parent.name, use_cache=True)
         if problems:
             detail = "; ".join(problems[:3]) + (f"; and {len(problems) - 3} more" if len(problems) > 3 else "")
             raise ArtifactError(
                 f"the {role} artifact {folder} is not what its manifest says: {detail}. Nothing was read from it. "
                 "Run `asft verify --fix` (it removes it and what was made from it), then the same snakemake command."
             )
-        manifest, _ = read_manifest(folder)
         hashes[role] = files_digest(manifest)
     return hashes

@@ -21,7 +21,7 @@ from typing import Any
 
 from asft.core.job import StageJob
 from asft.workflow.artifacts import MANIFEST, Node, atomic_folder, partial_dir, write_manifest, writing_artifact
-from asft.workflow.integrity import ArtifactError, artifact_problems, parent_digests, read_manifest, verify_parents
+from asft.workflow.integrity import ArtifactError, artifact_report, parent_digests, verify_parents
 from asft.workflow.job_records import job_record
 from asft.workflow.plan import read_node
 from asft.workflow.stages import get_stage, stage_of_rule
@@ -34,16 +34,17 @@ def run_stage(node: Node, inputs: Mapping[str, Path], final: Path, *, threads: i
     once the artifact is complete.
 
     Every parent is verified against its manifest before the runner reads it, and the child's manifest
-    records the parents' manifest hashes. An artifact that is already complete and sound is returned
+    records each parent's content (the digest of its file table). An artifact that is already complete and sound is returned
     at once: after a kill between the rename and Snakemake's bookkeeping, the documented resume
     (`snakemake --unlock`, then the same command; the profiles set rerun-incomplete) costs nothing.
     """
     final = Path(final)
+    resume = partial_dir(final)
     if (final / MANIFEST).is_file():
         stats = _already_complete(node, final, inputs)
         if stats is not None:
             # killed between the rename and the clean-up below: the checkpoints are stale now
-            shutil.rmtree(partial_dir(final), ignore_errors=True)
+            shutil.rmtree(resume, ignore_errors=True)
             return stats
     stage = get_stage(node.stage)
     runner = stage.load_runner()
@@ -52,7 +53,6 @@ def run_stage(node: Node, inputs: Mapping[str, Path], final: Path, *, threads: i
         checking = time.perf_counter()
         extra["parent_files"] = verify_parents(inputs)
         extra["parent_check_seconds"] = round(time.perf_counter() - checking, 3)  # the cost, for the record
-    resume = partial_dir(final)
     with writing_artifact(final, node, extra) as tmp:
         job = StageJob(settings=node.settings, runtime=node.runtime, parents=dict(inputs), out=tmp,
                        resume_dir=resume, threads=threads)
@@ -66,11 +66,10 @@ def run_stage(node: Node, inputs: Mapping[str, Path], final: Path, *, threads: i
 def _already_complete(node: Node, final: Path, inputs: Mapping[str, Path]) -> dict[str, Any] | None:
     """The stats of a complete, sound artifact made from the parents as they are now; None after removing
     one made from parents whose content has changed since (it is stale: the job makes it again)."""
-    problems = artifact_problems(final, node.stage)
+    manifest, problems = artifact_report(final, node.stage)
     if problems:
         raise ArtifactError(f"{final} holds an artifact that is not what its manifest says ({'; '.join(problems[:3])}); "
                             "run `asft verify --fix`, then the same snakemake command")
-    manifest, _ = read_manifest(final)
     recorded = manifest.get("parent_files") or {}
     now = parent_digests(inputs)
     if any(recorded.get(role) not in (None, digest) for role, digest in now.items()):
@@ -80,6 +79,18 @@ def _already_complete(node: Node, final: Path, inputs: Mapping[str, Path]) -> di
         return None
     print(f"[asft] {node.stage} {node.key} is already complete and sound: nothing to do", flush=True)
     return dict(manifest.get("stats") or {})
+
+
+@contextmanager
+def failures_logged(what: str) -> Iterator[None]:
+    """A job's traceback goes into its rule log (where users look first, and what Snakemake shows for a
+    failed job), followed by one line saying it failed; the exception goes on."""
+    try:
+        yield
+    except BaseException:
+        traceback.print_exc()
+        print(f"[asft] {what} failed", flush=True)
+        raise
 
 
 @contextmanager
@@ -120,12 +131,8 @@ def run_from_snakemake(smk: Any) -> None:
         inputs = {role: Path(path).parent for role, path in smk.input.items() if str(path).endswith("manifest.json")}
         with redirect_output(log):
             print(f"[asft] {node.stage} {node.key} {json.dumps(dict(node.labels))}", flush=True)
-            try:
+            with failures_logged(f"{node.stage} {node.key}"):
                 run_stage(node, inputs, Path(smk.output[0]).parent, threads=int(smk.threads))
-            except BaseException:
-                traceback.print_exc()  # into the rule's log, where users look first
-                print(f"[asft] {node.stage} {node.key} failed", flush=True)
-                raise
             print(f"[asft] {node.stage} {node.key} done", flush=True)
 
 
@@ -139,22 +146,17 @@ def run_aggregate_from_snakemake(smk: Any) -> None:
 
     params, out = smk.params, smk.output
     final = Path(out.csv).parent
-    with redirect_output(smk.log[0] if smk.log else None):
-        try:
-            eval_dirs = {Path(p).parent.name: Path(p).parent for p in smk.input.evals}
-            verify_parents({f"eval {key}": folder for key, folder in eval_dirs.items()})
-            started = time.time()
-            with atomic_folder(final, replace=True) as tmp:
-                table = aggregate(params.rows, eval_dirs, tmp, benchmarks=params.benchmarks, target=params.target,
-                                  retention=params.retention, mode_order=params.modes, title=params.title,
-                                  labels=params.labels, published=load_published(params.published))
-                (tmp / Path(out.config).name).write_text(yaml.safe_dump(params.config, sort_keys=False))
-                (tmp / Path(out.plan).name).write_text(json.dumps({"rows": params.rows}, indent=2) + "\n")
-                write_manifest(tmp, {"stage": final.parent.name, "key": final.name}, started)
-        except BaseException:
-            traceback.print_exc()  # into logs/aggregate.log, which Snakemake shows for a failed job
-            print("[asft] aggregate failed", flush=True)
-            raise
+    with redirect_output(smk.log[0] if smk.log else None), failures_logged("aggregate"):
+        eval_dirs = {Path(p).parent.name: Path(p).parent for p in smk.input.evals}
+        verify_parents({f"eval {key}": folder for key, folder in eval_dirs.items()})
+        started = time.time()
+        with atomic_folder(final, replace=True) as tmp:
+            table = aggregate(params.rows, eval_dirs, tmp, benchmarks=params.benchmarks, target=params.target,
+                              retention=params.retention, mode_order=params.modes, title=params.title,
+                              labels=params.labels, published=load_published(params.published))
+            (tmp / Path(out.config).name).write_text(yaml.safe_dump(params.config, sort_keys=False))
+            (tmp / Path(out.plan).name).write_text(json.dumps({"rows": params.rows}, indent=2) + "\n")
+            write_manifest(tmp, {"stage": final.parent.name, "key": final.name}, started)
         print(table.to_string(), flush=True)
 
 
