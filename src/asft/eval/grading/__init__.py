@@ -1219,7 +1219,7 @@ def _fast_match(pa: _Analysis, ga: _Analysis, policy: GradingPolicy, depth: int 
 # The worker process
 # --------------------------------------------------------------------------------------------
 
-_WORKER_FILE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "_grading_worker.py")
+_WORKER_FILE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "_worker.py")
 _BOOT = (
     "import sys;sys.path[:]=[p for p in sys.path if p not in ('','.')];"
     "import importlib.util as u;s=u.spec_from_file_location('_asft_grading_worker',sys.argv[1]);"
