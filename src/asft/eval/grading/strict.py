@@ -127,18 +127,30 @@ def _marker_tail(text: str) -> str | None:
     return tail or None
 
 
+def _answer_text(text: str) -> tuple[bool, str | None]:
+    """(found an answer place, the answer): the last box, unless a "final answer is" follows it;
+    else the text after the last answer marker; (False, None) when neither is there."""
+    has_box, content = last_box(text)
+    if has_box:
+        end = max(text.rfind("\\boxed"), text.rfind("\\fbox"))
+        if re.search(r"final answer is", text[end:], re.I):
+            tail = _marker_tail(text)
+            if tail:
+                return True, tail
+        return True, content
+    tail = _marker_tail(text)
+    return (True, tail) if tail else (False, None)
+
+
 def extract(completion: str) -> str | None:
     r"""The answer ``grade`` compares: the last box; else the text after the last final-answer
     marker; else the last inline math; else the last number (bounded, pure Python)."""
     if not isinstance(completion, str) or not completion:
         return None
     text = clean(completion)
-    has_box, content = last_box(text)
-    if has_box:
-        return content.strip() or None if content is not None else None
-    tail = _marker_tail(text)
-    if tail:
-        return tail
+    found, answer = _answer_text(text)
+    if found:
+        return answer.strip() or None if answer is not None else None
     window = text[-UNBOXED_TAIL_CHARS:]
     last = None
     for last in _INLINE_MATH.finditer(window):
@@ -198,7 +210,10 @@ def chosen_letter(completion: str) -> str | None:
         return best[1] if best is not None else None
     for last in _CHOICE_PAREN.finditer(completion, max(0, len(completion) - 300)):
         pass
-    return last.group(1) if last is not None else None
+    if last is not None:
+        return last.group(1)
+    m = re.fullmatch(r"\(?([A-E])\)?\.?", re.sub(r"[\s$*]|\\[,;:! ]", "", _unwrap(completion[-200:])))
+    return m.group(1) if m else None
 
 
 # --------------------------------------------------------------------------------------------
@@ -210,6 +225,11 @@ _SPACING = re.compile(r"\\[,;:! ]|\\q?quad(?![A-Za-z])|~")
 _PERCENT = re.compile(r"\\?%|\\text\{\s*\\?%\s*\}|\s*percent\b")
 
 
+def _rewrite(s: str) -> str:
+    s = re.sub(r"\\sqrt\s*\(([^()]{1,200})\)", r"\\sqrt{\1}", s)
+    return re.sub(r"\\(?:mathrm|text|operatorname)\s*\{\s*e\s*\}", "e", s)
+
+
 def prepare(answer: str) -> tuple[str, bool]:
     r"""(answer with the policy's rewrites, had a percent sign). Mixed numbers ``1 1/4``,
     ``1\frac{1}{4}`` (an integer then a proper fraction, as the whole answer) become
@@ -217,11 +237,13 @@ def prepare(answer: str) -> tuple[str, bool]:
     s = answer.strip()
     s = re.sub(r"(?<!\\)\$", "", s).strip()
     s = re.sub(r"\\[()\[\]]", " ", s).strip() if s.startswith(("\\(", "\\[")) else s
-    s = re.sub(r"\\sqrt\s*\(([^()]{1,200})\)", r"\\sqrt{\1}", s)
-    s = re.sub(r"\\(?:mathrm|text|operatorname)\s*\{\s*e\s*\}", "e", s)
+    s = _rewrite(s)
     pct = bool(_PERCENT.search(s))
     if pct:
         s = _PERCENT.sub("", s).strip()
+    m = re.fullmatch(r"(\(+)([^()]{1,300})(\)+)", s)
+    if m and len(m.group(1)) == len(m.group(3)) and simple_number(m.group(2)) is not None:
+        s = m.group(2).strip()  # ((1)) is 1
     m = _MIXED.fullmatch(s.rstrip(".").strip())
     if m:
         whole = int(m.group(2))
@@ -255,19 +277,26 @@ def simple_number(answer: str) -> Fraction | None:
     return sign * Fraction(text.rstrip(".") or "0")
 
 
-def numbers_equal(pred: Fraction, gold: Fraction, pred_pct: bool, gold_pct: bool) -> bool:
-    """The numeric policy: integers exactly, else relative 1e-4; a percent sign on either side
-    also accepts the value over 100 (gold ``50\\%`` accepts ``0.5``; answer ``50\\%`` gold ``0.5``)."""
+_INT_LITERAL = re.compile(r"[-+]?(?:\d{1,3}(?:,\d{3})+|\d+)")
+
+
+def is_integer_literal(answer: str) -> bool:
+    """Whether an answer is written as an integer (``-256``, ``1,008,016``; not ``27.0``)."""
+    return bool(_INT_LITERAL.fullmatch(_SPACING.sub("", answer).replace(" ", "")))
+
+
+def numbers_equal(pred: Fraction, gold: Fraction, pred_pct: bool, gold_pct: bool,
+                  exact: bool = False) -> bool:
+    """The numeric policy: a gold written as an integer is matched exactly (``exact``), any
+    other gold within relative 1e-4; a percent sign on either side also accepts the value over
+    100 (gold ``50\\%`` accepts ``0.5``; answer ``50\\%`` accepts gold ``0.5``)."""
     candidates = [(pred, gold)]
     if gold_pct:
         candidates.append((pred, gold / 100))
     if pred_pct:
         candidates.append((pred / 100, gold))
-    for p, g in candidates:
-        if p.denominator == 1 and g.denominator == 1:
-            if p == g:
-                return True
-        elif abs(p - g) <= REL_TOL * max(abs(p), abs(g)):
+    for i, (p, g) in enumerate(candidates):
+        if p == g or (not (exact and i == 0) and abs(p - g) <= REL_TOL * max(abs(p), abs(g))):
             return True
     return False
 
@@ -374,31 +403,37 @@ def fast(completion: str, gold: str) -> bool | None:
     letter = gold_letter(gold_s)
     if letter is not None:
         return chosen_letter(text) == letter
-    has_box, content = last_box(text)
-    if has_box:
-        if content is None or not content.strip():
-            return False  # the last box is never closed or empty: no answer
-        pred_s = content.strip()
-    else:
-        pred_s = _marker_tail(text)
-        if pred_s is None:
-            return None  # Math-Verify reads the unboxed completion
+    found, pred_s = _answer_text(text)
+    if not found:  # Math-Verify reads the unboxed completion; an identical last formula is right
+        last = None
+        for last in _INLINE_MATH.finditer(text[-UNBOXED_TAIL_CHARS:]):
+            pass
+        formula = next((g for g in last.groups() if g is not None), None) if last is not None else None
+        same = formula is not None and _squash(prepare(formula)[0]) == _squash(prepare(gold_s)[0])
+        return True if same else None
+    if pred_s is None or not pred_s.strip():
+        return False  # the last box is never closed or empty: no answer
+    pred_s = pred_s.strip()
     if len(pred_s) > MAX_ANSWER_CHARS or len(gold_s) > MAX_ANSWER_CHARS or not _balanced(pred_s):
         return pred_s == gold_s
     pred_p, pred_pct = prepare(pred_s)
     gold_p, gold_pct = prepare(gold_s)
     p, g = simple_number(pred_p), simple_number(gold_p)
     if p is not None and g is not None:
-        return numbers_equal(p, g, pred_pct, gold_pct)
+        return numbers_equal(p, g, pred_pct, gold_pct, is_integer_literal(gold_p))
     verdict = powers_equal(pred_p, gold_p)
     if verdict is not None:
         return verdict
     if dangerous(pred_p) or dangerous(gold_p):
-        return re.sub(r"\s", "", pred_p) == re.sub(r"\s", "", gold_p)
-    return None
+        return _squash(pred_p) == _squash(gold_p)
+    return True if _squash(pred_p) == _squash(gold_p) else None
 
 
-def _numeric(pred, gold, pred_pct: bool, gold_pct: bool) -> bool | None:
+def _squash(s: str) -> str:
+    return re.sub(r"\s|\\[,;:! ]", "", s)
+
+
+def _numeric(pred, gold, pred_pct: bool, gold_pct: bool, exact: bool) -> bool | None:
     """Two closed-form numbers (SymPy) decided by the numeric policy at 40 digits; else None."""
     import sympy
 
@@ -407,7 +442,7 @@ def _numeric(pred, gold, pred_pct: bool, gold_pct: bool) -> bool | None:
     if pred.free_symbols or gold.free_symbols or not (pred.is_number and gold.is_number):
         return None
     if pred.is_Integer and gold.is_Integer:
-        return numbers_equal(Fraction(int(pred)), Fraction(int(gold)), pred_pct, gold_pct)
+        return numbers_equal(Fraction(int(pred)), Fraction(int(gold)), pred_pct, gold_pct, True)
     values = []
     for v in (pred, gold):
         re_, im_ = sympy.N(v, 40).as_real_imag()
@@ -416,7 +451,7 @@ def _numeric(pred, gold, pred_pct: bool, gold_pct: bool) -> bool | None:
         values.append((Fraction(str(sympy.Float(re_, 40))), Fraction(str(sympy.Float(im_, 40)))))
     (pr, pi), (gr, gi) = values
     if pi == 0 and gi == 0:
-        return numbers_equal(pr, gr, pred_pct, gold_pct)
+        return numbers_equal(pr, gr, pred_pct, gold_pct, exact)
     return abs(complex(pr - gr, pi - gi)) <= float(REL_TOL) * max(abs(complex(pr, pi)), abs(complex(gr, gi)))
 
 
@@ -437,21 +472,19 @@ def grade(completion: str, gold: str) -> bool:
     text = clean(completion)
     gold_p, gold_pct = prepare(_gold_answer(gold))
     gold_v = read("\\boxed{" + gold_p + "}", latex) or read(gold_p, both)
-    has_box, content = last_box(text)
+    has_box, _ = last_box(text)
+    found, answer = _answer_text(text)
     pred_pct = False
-    if has_box:
-        pred_p, pred_pct = prepare(content or "")
+    if found:
+        pred_p, pred_pct = prepare(answer or "")
         pred_v = read("\\boxed{" + pred_p + "}", latex)
+        if not has_box or not pred_v:
+            pred_v = read(pred_p, both) or pred_v
     else:
-        tail = _marker_tail(text)
-        if tail is not None:
-            pred_p, pred_pct = prepare(tail)
-            pred_v = read(pred_p, both) or read("\\boxed{" + pred_p + "}", latex)
-        else:
-            pred_v = read(text[-UNBOXED_TAIL_CHARS:], both)
+        pred_v = read(_rewrite(text[-UNBOXED_TAIL_CHARS:]), both)
     if not gold_v or not pred_v:
         return False
-    numeric = _numeric(pred_v[0], gold_v[0], pred_pct, gold_pct)
+    numeric = _numeric(pred_v[0], gold_v[0], pred_pct, gold_pct, is_integer_literal(gold_p))
     if numeric is not None:
         return numeric
     return bool(verify(gold_v, pred_v, timeout_seconds=None))
