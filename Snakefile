@@ -1,4 +1,4 @@
-# ASFT reference workflow: download -> tokenize -> train(mode, seed) -> merge -> eval -> aggregate.
+# ASFT reference workflow: download -> tokenize -> train(mode, seed) -> merge -> generate -> score -> aggregate.
 # Every artifact lives at results/<stage>/<key>/, where key hashes the stage's resolved settings,
 # its semantic version and its inputs' keys (see src/asft/workflow/keys.py and src/asft/workflow/plan.py).
 from snakemake.utils import min_version
@@ -18,7 +18,8 @@ include: "rules/download.smk"
 include: "rules/tokenize.smk"
 include: "rules/train.smk"
 include: "rules/merge.smk"
-include: "rules/eval.smk"
+include: "rules/generate.smk"
+include: "rules/score.smk"
 include: "rules/aggregate.smk"
 
 

@@ -8,7 +8,7 @@ localrules:
 # `publish` refreshes the fixed-name copies (results/table.csv, ...) that users open.
 rule aggregate:
     input:
-        evals=eval_manifests,
+        scores=score_manifests,
     output:
         csv=report(f"results/tables/{TABLE_KEY}/table.csv", caption="../report/table.rst", category="Results"),
         md=f"results/tables/{TABLE_KEY}/table.md",

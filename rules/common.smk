@@ -41,7 +41,8 @@ def parent_manifests(stage):
 tokenize_inputs = parent_manifests("tokenize")
 train_inputs = parent_manifests("train")
 merge_inputs = parent_manifests("merge")
-eval_inputs = parent_manifests("eval")
+generate_inputs = parent_manifests("generate")
+score_inputs = parent_manifests("score")
 
 
 def report_labels(stage):
@@ -56,8 +57,8 @@ def report_labels(stage):
 train_labels = report_labels("train")
 
 
-def eval_manifests(wildcards):
-    return [f"results/eval/{key}/manifest.json" for key in PLAN.keys("eval")]
+def score_manifests(wildcards):
+    return [f"results/score/{key}/manifest.json" for key in PLAN.keys("score")]
 
 
 TABLE_KEY = PLAN.table_key()

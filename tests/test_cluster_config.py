@@ -81,7 +81,7 @@ def _profile(environ: dict[str, str] | None = None) -> dict:
 
 def test_every_rule_has_a_conda_env_file_a_log_and_a_benchmark():
     blocks = _rule_blocks()
-    assert {"download_model", "download_data", "tokenize", "train", "merge", "eval", "aggregate"} <= set(blocks)
+    assert {"download_model", "download_data", "tokenize", "train", "merge", "generate", "score", "aggregate"} <= set(blocks)
     for name, body in blocks.items():
         conda = re.search(r"^    conda:\n\s+\"([^\"]+)\"", body, flags=re.M)
         assert conda, f"rule {name}: no conda: env"

@@ -552,7 +552,8 @@ def test_presets_plan_their_whole_dag_offline(tmp_path):
         runs_count = len(cfg.train_sets) * len(cfg.modes) * len(cfg.seeds)
         expected = {"download_model": 1, "download_data": len(cfg.train_sets), "tokenize": len(cfg.train_sets),
                     "train": runs_count, "merge": runs_count,
-                    "eval": len(cfg.eval.benchmarks) * (runs_count + int(cfg.evaluate_base)), "aggregate": 1}
+                    "generate": len(cfg.eval.benchmarks) * (runs_count + int(cfg.evaluate_base)),
+                    "score": len(cfg.eval.benchmarks) * (runs_count + int(cfg.evaluate_base)), "aggregate": 1}
         assert {rule: jobs[rule] for rule in expected} == expected, f"{name}: {dict(jobs)}"
         assert not (tmp_path / name / "results").exists()
     assert not (tmp_path / "hf-home").exists() or not any((tmp_path / "hf-home").rglob("*")), "something downloaded"

@@ -10,7 +10,7 @@ import pandas as pd
 import pytest
 import torch
 
-from asft.eval.evaluation import score
+from asft.eval.score import score
 from asft.eval.generation import Sampling, cut_at_stop, generate_hf
 from asft.eval.table import aggregate
 
@@ -93,7 +93,7 @@ def test_aggregate_means_and_sample_stds(tmp_path):
             key = f"{mode}-{seed}-{bench}"
             dirs[key] = _fake_eval(tmp_path, key, acc, d if bench == "embedded_mul" else 0.0)
             rows.append({"train_set": "-" if mode == "base" else "mul", "mode": mode, "seed": seed,
-                         "benchmark": bench, "eval_key": key})
+                         "benchmark": bench, "grading": "strict", "score_key": key})
     out = tmp_path / "out"
     table = aggregate(rows, dirs, out, benchmarks=["embedded_mul", "embedded_add", "embedded_sub"],
                       target=["embedded_mul"], retention=["embedded_add", "embedded_sub"], mode_order=["sft", "asft"],

@@ -50,7 +50,19 @@ def test_eval_only_change_changes_only_eval_keys():
     raw = default_raw()
     before = keys_by_stage(raw)
     raw["eval"]["max_new_tokens"] = 40
-    assert changed(before, keys_by_stage(raw)) == {"eval"}
+    assert changed(before, keys_by_stage(raw)) == {"generate", "score"}  # a score's parent is a generation
+
+
+def test_grading_change_changes_only_score_keys():
+    """Another grading policy re-scores: every generation (the GPU part) keeps its key."""
+    raw = default_raw()
+    before = keys_by_stage(raw)
+    raw["eval"]["grading"] = ["qwen_harness"]
+    after = keys_by_stage(raw)
+    assert changed(before, after) == {"score"}
+    raw["eval"]["grading"] = ["qwen_harness", "strict"]  # both: the strict scores are the ones made before
+    both = keys_by_stage(raw)
+    assert both["score"] == before["score"] | after["score"] and both["generate"] == before["generate"]
 
 
 def test_new_seed_adds_only_new_runs():
@@ -89,7 +101,7 @@ def test_pretrain_change_changes_everything_below():
     before = keys_by_stage(raw)
     raw["model"]["embedded"]["steps"] = 10
     after = keys_by_stage(raw)
-    assert changed(before, after) == {"model", "tokenize", "train", "merge", "eval"}
+    assert changed(before, after) == {"model", "tokenize", "train", "merge", "generate", "score"}
     assert before["data"] == after["data"]  # the data does not depend on the model
 
 
@@ -117,9 +129,13 @@ def test_the_embedded_default_keeps_its_keys():
     assert (keys["model"], keys["data"], keys["tokenize"]) == (["8a5222206f26ea92"], ["59b9e97b1c821b08"],
                                                               ["8c4da1f2d8a32a0c"])
     assert {stage: len(k) for stage, k in keys.items()} == {"model": 1, "data": 1, "tokenize": 1, "train": 8,
-                                                           "merge": 8, "eval": 27}
+                                                           "merge": 8, "generate": 27, "score": 27}
+    trained = {stage: keys[stage] for stage in ("model", "data", "tokenize", "train", "merge")}
+    # unchanged since before evaluation became two stages (generate + score): every training run is reused
+    assert hashlib.sha256(json.dumps(trained, sort_keys=True).encode()).hexdigest() == (
+        "1be295c6ab88e21afc768c7cafcbcbbbc44591c3a88af1e051344816834cb30c")
     digest = hashlib.sha256(json.dumps(keys, sort_keys=True).encode()).hexdigest()
-    assert digest == "2b259031f51c15af5f44ab23709442aa861d9259e4af2a7bb9d879aea9d9000a"
+    assert digest == "2ea9568d23dd617d856f62265f6f186eae27ceaab1ce3e1762a6cea59f492eed"
 
 
 def test_stable_api_names_keep_working():
@@ -137,12 +153,14 @@ def test_stable_api_names_keep_working():
 
 
 def test_parsing_the_workflow_imports_no_torch():
-    """The Snakefile imports the config and the plan at parse time: no torch, pandas or grader there,
+    """The Snakefile imports the config and the plan at parse time: no torch, pandas or grader there (only
+    the grading policies' names and versions),
     so `snakemake -n` and every job's start stay fast."""
     import subprocess
     import sys
 
-    heavy = ["torch", "pandas", "transformers", "datasets", "matplotlib", "sympy", "asft.eval.grading"]
+    heavy = ["torch", "pandas", "transformers", "datasets", "matplotlib", "sympy", "math_verify", "latex2sympy2_extended",
+             "asft.eval.grading.strict", "asft.eval.grading.qwen_harness"]
     probe = ("import sys, asft.workflow.config, asft.workflow.plan, asft.workflow.stages\n"
              "from asft.workflow.config import load_config\nfrom asft.workflow.plan import build_plan\n"
              "build_plan(load_config())\n"

@@ -8,7 +8,7 @@ exactly those two commands, and checks that the second exits 0 with `results/tab
 `results/runs.csv` byte-identical to an uninterrupted reference run of tests/configs/tiny.yaml, that
 `asft verify` exits 0, that a dry run has nothing left to do and that nothing is left behind.
 
-Kill points, per stage (model, data, tokenize, train, merge, eval, aggregate, publish):
+Kill points, per stage (model, data, tokenize, train, merge, generate, score, aggregate, publish):
 - running: the stage's job is writing (its `<key>.tmp-<pid>` folder exists); for train also
   `checkpoint` (a complete checkpoint exists in `<key>.partial/`) and `saving` (a checkpoint folder
   without its trainer_state.json: killed while saving it);
@@ -19,15 +19,15 @@ Kill points, per stage (model, data, tokenize, train, merge, eval, aggregate, pu
   (for model and data, which have no parent: Snakemake has dispatched the job, nothing written yet).
 
 Default suite (`pytest`; about 2.5 minutes on 2 cores): one uninterrupted reference run (shared by
-every test here); one fresh run killed just after the rename of each stage in turn (8 kills, each
+every test here); one fresh run killed just after the rename of each stage in turn (9 kills, each
 followed by --unlock; each next command is itself killed at the next stage, the last one must
-finish), then compared with the reference; and the eval -> aggregate corruption case below (20 s).
+finish), then compared with the reference; and the score -> aggregate corruption case below (20 s).
 
 Full matrix (opt-in, about 20 minutes on 2 cores): every stage x point above, each from a copy of
 the reference run with the stage's artifact (or its parent, for `before`) and everything made from
 it removed, and a corruption case per parent kind (a flipped byte in the model weights, the data's
-train.jsonl, the tokenized dataset's arrow file, the train adapter, the merged weights, an eval's
-scores.json): the child job must stop before using it, its log and Snakemake's output naming the
+train.jsonl, the tokenized dataset's arrow file, the train adapter, the merged weights, a
+generation's samples.jsonl, a score's scores.json): the child job must stop before using it, its log and Snakemake's output naming the
 file and `asft verify --fix`, and after `asft verify --fix` the same command must give the reference
 table again. Run everything in this file with
 
@@ -70,8 +70,8 @@ POLL = 0.005
 ATTEMPTS = 3  # a kill meant to fall in that window that came too late is tried again (it is reported)
 # Stage -> folder under results/ (the aggregate writes results/tables/<key>/; publish the fixed names).
 FOLDERS = {"model": "model", "data": "data", "tokenize": "tokenize", "train": "train", "merge": "merge",
-           "eval": "eval", "aggregate": "tables"}
-ORDER = ["data", "model", "tokenize", "train", "merge", "eval", "aggregate", "publish"]
+           "generate": "generate", "score": "score", "aggregate": "tables"}
+ORDER = ["data", "model", "tokenize", "train", "merge", "generate", "score", "aggregate", "publish"]
 PUBLISHED = ["table.csv", "table.md", "table.tex", "runs.csv", "table.png"]
 # The full matrix: marked slow and kill_matrix, and skipped unless ASFT_KILL_MATRIX=1.
 OPT_IN = [pytest.mark.slow, pytest.mark.kill_matrix,
@@ -181,7 +181,7 @@ def content(name: str) -> bool:
     """Files whose bytes two runs of the same config share: weights, data, generations. Not stats.json,
     scores.json and metrics.jsonl (they record wall times), nor a LoRA adapter_config.json (peft writes
     target_modules from a set: its order changes from one process to the next)."""
-    return name.endswith((".safetensors", ".arrow")) or Path(name).name in ("train.jsonl", "samples.jsonl")
+    return name.endswith((".safetensors", ".arrow")) or Path(name).name in ("train.jsonl", "samples.jsonl", "graded.jsonl")
 
 
 def file_tables(workdir: Path) -> dict[str, dict[str, str]]:
@@ -238,7 +238,7 @@ def remove_with_descendants(workdir: Path, refs: set[str]) -> set[str]:
     gone = set(refs)
     while grown := {ref for ref, ps in parents.items() if ref not in gone and ps & gone}:
         gone |= grown
-    if any(ref.startswith("eval/") for ref in gone) and (workdir / "results" / "tables").is_dir():
+    if any(ref.startswith("score/") for ref in gone) and (workdir / "results" / "tables").is_dir():
         gone |= {f"tables/{table.name}" for table in (workdir / "results" / "tables").iterdir()}
     for ref in gone:
         shutil.rmtree(workdir / "results" / ref)
@@ -273,7 +273,7 @@ def key_of(hit: str) -> str:
 @pytest.mark.slow
 def test_a_run_killed_just_after_each_stages_rename_resumes_with_unlock_and_the_same_command(reference,
                                                                                             tmp_path):
-    """Eight SIGKILLs of one fresh run, each just after a stage's artifact was renamed into place while
+    """Nine SIGKILLs of one fresh run, each just after a stage's artifact was renamed into place while
     Snakemake still marks it incomplete; each followed by `snakemake --unlock` and the same command.
     The last command must finish with the reference's bytes."""
     workdir = tmp_path / "work"
@@ -316,14 +316,15 @@ POINTS = {
     "tokenize": ["running", "renamed", "before"],
     "train": ["running", "checkpoint", "saving", "renamed", "before"],
     "merge": ["running", "renamed", "before"],
-    "eval": ["running", "renamed", "before"],
+    "generate": ["running", "renamed", "before"],
+    "score": ["running", "renamed", "before"],
     "aggregate": ["running", "renamed", "before"],
     # publish copies five files (milliseconds): no `running` point to aim at
     "publish": ["renamed", "before"],
 }
 # The parent whose completion is the `before` point of each stage (None: the job's dispatch).
-PARENT = {"model": None, "data": None, "tokenize": "data", "train": "tokenize", "merge": "train", "eval": "merge",
-          "aggregate": "eval", "publish": "aggregate"}
+PARENT = {"model": None, "data": None, "tokenize": "data", "train": "tokenize", "merge": "train",
+          "generate": "merge", "score": "generate", "aggregate": "score", "publish": "aggregate"}
 MATRIX = [(stage, point) for stage in ORDER for point in POINTS[stage]]
 
 
@@ -338,8 +339,9 @@ def instances(workdir: Path) -> dict[str, str]:
         return refs[0].split(" ", 1)[1]
     train = one("train", lambda m: m["labels"]["mode"] == "sft")
     merge = one("merge", lambda m: m["parents"]["train"] == train)
+    generate = one("generate", lambda m: m["parents"]["model"] == merge)
     return {"model": one("model"), "data": one("data"), "tokenize": one("tokenize"), "train": train,
-            "merge": merge, "eval": one("eval", lambda m: m["parents"]["model"] == merge),
+            "merge": merge, "generate": generate, "score": one("score", lambda m: m["parents"]["samples"] == generate),
             "aggregate": one("tables"), "publish": "results/table.csv"}
 
 
@@ -436,8 +438,9 @@ CORRUPTIONS = {  # parent stage: (file in it, child stage that reads it)
     "data": ("train.jsonl", "tokenize"),
     "tokenize": ("dataset/data-00000-of-00001.arrow", "train"),
     "train": ("model/adapter_model.safetensors", "merge"),
-    "merge": ("model.safetensors", "eval"),
-    "eval": ("scores.json", "aggregate"),
+    "merge": ("model.safetensors", "generate"),
+    "generate": ("samples.jsonl", "score"),
+    "score": ("scores.json", "aggregate"),
 }
 
 
@@ -447,8 +450,8 @@ def flip_byte(path: Path) -> None:
     path.write_bytes(bytes(data))
 
 
-# The eval -> aggregate case takes 20 s: it runs in the default suite too.
-@pytest.mark.parametrize("parent", [pytest.param(p, marks=[] if p == "eval" else OPT_IN) for p in CORRUPTIONS])
+# The score -> aggregate case takes 20 s: it runs in the default suite too.
+@pytest.mark.parametrize("parent", [pytest.param(p, marks=[] if p == "score" else OPT_IN) for p in CORRUPTIONS])
 @pytest.mark.slow
 def test_corrupted_parent_stops_its_child_then_verify_fix_and_the_same_command_restore_the_table(
         reference, tmp_path, parent):

@@ -20,9 +20,9 @@ import pytest
 import torch
 
 from tests.stand_ins import vllm_stand_in
-from asft.eval.settings import BenchmarkRef, EvalContext, EvalRuntime, EvalSettings
+from asft.eval.settings import BenchmarkRef, EvalContext, GenerateRuntime, GenerateSettings, ScoreSettings
 from asft.train.settings import LocalModel
-from asft.eval.evaluation import choose_letter
+from asft.eval.score import choose_letter
 
 ROOT = Path(__file__).resolve().parents[1]
 MEDICAL_TINY = ROOT / "tests" / "configs" / "medical_tiny.yaml"
@@ -167,18 +167,18 @@ def test_choice_template_needs_options_and_eval_prompt_points_to_problem_prompt(
 
 def test_known_upstream_test_files_are_recognised_by_sha256():
     from asft.eval.benchmarks import KNOWN_COPIES, file_provenance
-    from asft.eval.evaluation import _source_file
+    from asft.eval.generate import _source_file
 
     medqa_sha = "c3b905ccfa66152dc25afbcb2c10e86c0bdb208824f0658fcdb2c040f60a2beb"
     assert file_provenance("medqa", medqa_sha).startswith("upstream test_data")
     assert "but it is the 'medqa' file" in file_provenance("medmcqa", medqa_sha.upper())
     assert file_provenance("medqa", "0" * 64) is None
     assert {c.benchmark for c in KNOWN_COPIES.values()} == {"medqa", "mmlu_medical", "medmcqa"}
-    copy = EvalSettings(benchmark=BenchmarkRef(name="medqa", version=1),
+    copy = GenerateSettings(benchmark=BenchmarkRef(name="medqa", version=1),
                         context=EvalContext(local_file="/data/medqa_test.jsonl", local_sha256=medqa_sha))
     source = _source_file(copy, "medqa")
     assert source["provenance"] == "upstream test_data: zhuchichi56/ASFT eval/medeval/test_data/medqa_test.jsonl"
-    assert _source_file(EvalSettings(benchmark=BenchmarkRef(name="medqa", version=1)), "medqa") is None
+    assert _source_file(GenerateSettings(benchmark=BenchmarkRef(name="medqa", version=1)), "medqa") is None
 
 
 # --- the embedded multiple-choice benchmarks ---------------------------------------------------------
@@ -229,19 +229,19 @@ def test_paper_medical_protocol_fixes_the_eval_fields_and_scoring_enters_keys_on
     from asft.workflow.plan import build_plan
 
     default = build_plan(parse_config(layered_raw([])))
-    assert all("scoring" not in node.settings.key_payload() for node in default.nodes["eval"].values())
+    assert all("scoring" not in node.settings.key_payload() for node in default.nodes["generate"].values())
     raw = layered_raw([MEDICAL_TINY])
     raw["model"]["local_path"] = "/models/nopad"
     raw["eval"].update(template="alpaca", n_samples=16, temperature=1.0)  # the protocol overrides them
     plan = build_plan(parse_config(raw))
-    settings = next(iter(plan.nodes["eval"].values())).settings.key_payload()
+    settings = next(iter(plan.nodes["generate"].values())).settings.key_payload()
     assert (settings["template"], settings["scoring"], settings["n_samples"], settings["temperature"],
             settings["max_new_tokens"]) == ("choice", "choice_logprobs", 1, 0.0, 1)
     assert settings["protocol"] == {"name": "paper_medical", "version": 1}
     custom = layered_raw([MEDICAL_TINY])
     custom["model"]["local_path"] = "/models/nopad"
     custom["eval"].update(protocol="custom", template="choice", scoring="choice_logprobs", max_new_tokens=1)
-    custom_settings = next(iter(build_plan(parse_config(custom)).nodes["eval"].values())).settings
+    custom_settings = next(iter(build_plan(parse_config(custom)).nodes["generate"].values())).settings
     assert custom_settings.scoring == "choice_logprobs" and custom_settings.protocol is None
 
 
@@ -251,7 +251,7 @@ def test_paper_medical_preset_uses_the_upstream_protocol():
 
     cfg = load_config(ROOT / "config" / "paper_medical.yaml")
     assert cfg.eval.protocol == "paper_medical"
-    node = next(iter(build_plan(cfg).nodes["eval"].values()))
+    node = next(iter(build_plan(cfg).nodes["generate"].values()))
     assert node.settings.scoring == "choice_logprobs" and node.settings.template == "choice"
 
 
@@ -313,17 +313,27 @@ def first_token_answer(top_ids: list[int], logprobs: list[float], text: str):
 
 
 def test_vllm_choice_scoring_asks_for_one_token_and_ten_logprobs(monkeypatch, tmp_path, tiny_base):
-    from asft.eval.evaluation import run_eval
+    from asft.eval.generate import run_generate
+    from asft.eval.score import run_score
+
+    def run_eval(settings, runtime, *, model_dir, out_dir, progress):
+        """generate, then score the samples in the same folder (as the two stages do in two)."""
+        run_generate(settings, runtime, model_dir=model_dir, out_dir=out_dir, progress=progress)
+        rows = (out_dir / "samples.jsonl").read_text().splitlines()
+        assert all({"top_tokens", "letters"} <= set(json.loads(row)) for row in rows)  # what scoring reads
+        scores = run_score(ScoreSettings(method="choose_letter"), samples_dir=out_dir, out_dir=out_dir)
+        (out_dir / "samples.jsonl").write_text((out_dir / "graded.jsonl").read_text())
+        return scores
 
     calls: dict = {}
     # byte-level ids of the tiny tokenizer: 32 ' ', 65 'A', 66 'B', 98 'b', 120 'x'
     answer = first_token_answer([120, 66, 98, 65, 32], [-0.2, -1.5, -1.1, -2.0, -3.0], "x")
     monkeypatch.setitem(sys.modules, "vllm", vllm_stand_in(calls, answer))
-    settings = EvalSettings(benchmark=BenchmarkRef(name="embedded_mul_choice", version=1),
+    settings = GenerateSettings(benchmark=BenchmarkRef(name="embedded_mul_choice", version=1),
                             context=EvalContext(split_seed=0), limit=3, backend="vllm", template="choice",
                             scoring="choice_logprobs", n_samples=1, temperature=0.0, top_p=1.0, max_new_tokens=1,
                             seed=5, drift=False)
-    scores = run_eval(settings, EvalRuntime(tensor_parallel=2), model_dir=tiny_base, out_dir=tmp_path,
+    scores = run_eval(settings, GenerateRuntime(tensor_parallel=2), model_dir=tiny_base, out_dir=tmp_path,
                       progress=False)
     assert calls["params"] == {"temperature": 0.0, "top_p": 1.0, "max_tokens": 1, "logprobs": 10}
     assert calls["llm"] == {"model": str(tiny_base), "tensor_parallel_size": 2, "seed": 5, "trust_remote_code": False}
@@ -339,7 +349,7 @@ def test_vllm_choice_scoring_asks_for_one_token_and_ten_logprobs(monkeypatch, tm
     assert scores["predicted_from"] == {"logprobs": 3, "text": 0, "default": 0}
 
     monkeypatch.setitem(sys.modules, "vllm", vllm_stand_in(calls, first_token_answer([120, 32], [-0.1, -0.2], " c.")))
-    run_eval(settings, EvalRuntime(), model_dir=tiny_base, out_dir=tmp_path, progress=False)
+    run_eval(settings, GenerateRuntime(), model_dir=tiny_base, out_dir=tmp_path, progress=False)
     fallback = json.loads((tmp_path / "samples.jsonl").read_text().splitlines()[0])
     assert (fallback["predicted"], fallback["predicted_from"], fallback["letter_logprobs"]) == ("C", "text", {})
 
@@ -475,17 +485,20 @@ def test_end_to_end_medical_tiny_run(medical_run):
     assert stats["tokenizer_fixes"]["embedding_rows"] == [260, 261]
     rows = AutoModelForCausalLM.from_pretrained(model_dir).get_input_embeddings().weight
     assert torch.allclose(rows[260], rows[:260].mean(0), atol=1e-6)
-    evals = [p.parent for p in results.glob("eval/*/manifest.json")]
-    assert len(evals) == 3 * 2  # (base + sft + asft) x two benchmarks
-    for folder in evals:
+    scored = [p.parent for p in results.glob("score/*/manifest.json")]
+    assert len(scored) == 3 * 2  # (base + sft + asft) x two benchmarks
+    for folder in scored:
         scores = json.loads((folder / "scores.json").read_text())
         assert scores["scoring"] == "choice_logprobs" and scores["n_samples"] == 1 and scores["n_problems"] == 16
-        samples = [json.loads(line) for line in (folder / "samples.jsonl").read_text().splitlines()]
-        assert len(samples) == 16
-        for sample in samples:
+        assert scores["grading"] == {"method": "choose_letter"}
+        generation = results / json.loads((folder / "manifest.json").read_text())["parents"]["samples"]
+        prompts = [json.loads(line)["prompt"] for line in (generation / "samples.jsonl").read_text().splitlines()]
+        samples = [json.loads(line) for line in (folder / "graded.jsonl").read_text().splitlines()]
+        assert len(samples) == len(prompts) == 16
+        for sample, prompt in zip(samples, prompts):
             assert sample["predicted"] in "ABCD" and sample["gold"] in "ABCD"
             assert sample["correct"] == (sample["predicted"] == sample["gold"])
-            assert sample["prompt"].startswith("Question: ") and sample["prompt"].endswith("\n\nAnswer:")
+            assert prompt.startswith("Question: ") and prompt.endswith("\n\nAnswer:")
     with open(results / "table.csv") as handle:
         table = list(csv.DictReader(handle))
     assert [row["mode"] for row in table] == ["base", "sft", "asft"]

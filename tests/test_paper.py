@@ -26,10 +26,11 @@ def stage_counts(*files: str) -> dict[str, int]:
 
 def test_paper_math_job_counts():
     # 3 train sizes x 4 modes x 1 seed; (12 runs + base) x 6 benchmarks; full fine-tuning: no merge
-    assert stage_counts("paper_math.yaml") == {"model": 1, "data": 3, "tokenize": 3, "train": 12, "eval": 78}
+    assert stage_counts("paper_math.yaml") == {"model": 1, "data": 3, "tokenize": 3, "train": 12, "generate": 78,
+                                               "score": 78}
     assert stage_counts("paper_math_lora.yaml") == {"model": 1, "data": 3, "tokenize": 3, "train": 12, "merge": 12,
-                                                    "eval": 78}
-    assert stage_counts("fork_quick.yaml")["eval"] == 5  # (4 runs + base) x MATH-500
+                                                    "generate": 78, "score": 78}
+    assert stage_counts("fork_quick.yaml")["generate"] == 5  # (4 runs + base) x MATH-500
 
 
 def test_extends_equals_layering_by_hand():
@@ -59,14 +60,14 @@ def test_paper_math_dry_run_offline(tmp_path):
         capture_output=True, text=True, timeout=300, env={"HF_HUB_OFFLINE": "1", "PATH": "/usr/bin:/bin"},
     )
     assert result.returncode == 0, result.stderr[-3000:]
-    assert "train                12" in result.stdout and "eval                 78" in result.stdout
+    assert "train                12" in result.stdout and "generate             78" in result.stdout and "score                78" in result.stdout
 
 
 def test_paper_protocol_renders_the_exact_prompt_and_sampling():
     from asft.eval.benchmarks import load_problems
     from asft.train.templates import eval_prompt
 
-    node = next(n for n in build_plan(load_config(CONFIG / "paper_math.yaml")).nodes["eval"].values()
+    node = next(n for n in build_plan(load_config(CONFIG / "paper_math.yaml")).nodes["generate"].values()
                 if n.settings.benchmark.name == "math_oai")
     settings = node.settings.key_payload()
     assert (settings["template"], settings["n_samples"], settings["temperature"], settings["top_p"],
@@ -78,13 +79,13 @@ def test_paper_protocol_renders_the_exact_prompt_and_sampling():
                 "coordinates.  Enter your answer in the form $(r,\\theta),$ where $r > 0$ and $0 \\le \\theta < 2 "
                 "\\pi.$\n\n### Response:\n")
     assert eval_prompt(settings["template"], problem.question) == expected
-    fork = next(iter(build_plan(load_config(CONFIG / "fork_quick.yaml")).nodes["eval"].values())).settings
+    fork = next(iter(build_plan(load_config(CONFIG / "fork_quick.yaml")).nodes["generate"].values())).settings
     assert (fork.template, fork.n_samples, fork.temperature) == ("cot", 1, 0.0)
     assert eval_prompt("cot", "What is 1+1?") == "Question: What is 1+1?\nAnswer:"
 
 
 def test_avg_at_16_pass1_and_math_avg(tmp_path):
-    from asft.eval.evaluation import score
+    from asft.eval.score import score
     from asft.eval.table import aggregate
 
     per_bench = {"math_oai": 10, "minerva_math": 4, "olympiadbench": 2, "aime24": 0}  # correct samples of 16
@@ -100,7 +101,7 @@ def test_avg_at_16_pass1_and_math_avg(tmp_path):
         (folder / "scores.json").write_text(json.dumps(result))
         dirs[bench] = folder
         rows.append({"train_set": "numina_cot_10k", "mode": "asft", "seed": 42, "benchmark": bench,
-                     "eval_key": bench})
+                     "grading": "strict", "score_key": bench})
     table = aggregate(rows, dirs, tmp_path / "out", benchmarks=list(per_bench), target=list(per_bench),
                       retention=[], mode_order=["asft"], title="t", labels={"target": "Math avg"})
     expected_math_avg = sum(100 * c / 32 for c in per_bench.values()) / 4
@@ -166,7 +167,7 @@ def test_published_column_and_delta(tmp_path):
         (folder / "scores.json").write_text(json.dumps({"accuracy": acc}))
         dirs[mode] = folder
         rows.append({"train_set": "-" if mode == "base" else "numina_cot_100k", "mode": mode, "seed": 42,
-                     "benchmark": "math_oai", "eval_key": mode})
+                     "benchmark": "math_oai", "grading": "strict", "score_key": mode})
     table = aggregate(rows, dirs, tmp_path / "out", benchmarks=["math_oai"], target=["math_oai"], retention=[],
                       mode_order=["asft"], title="t", published=load_published("paper_math"))
     asft = table[table["mode"] == "asft"].iloc[0]
@@ -216,13 +217,13 @@ def test_paper_medical_preset_and_choice_benchmarks_from_local_copies(tmp_path):
     raw["eval"]["benchmark_files"] = {"medqa": str(medqa), "medmcqa": str(medmcqa), "mmlu_medical": str(mmlu)}
     plan = build_plan(parse_config(raw))
     assert {stage: len(nodes) for stage, nodes in plan.nodes.items()} == {
-        "model": 1, "data": 1, "tokenize": 1, "train": 4, "eval": 15}  # sft, dft, asft, sft+kl (Table 1's rows)
+        "model": 1, "data": 1, "tokenize": 1, "train": 4, "generate": 15, "score": 15}  # sft, dft, asft, sft+kl (Table 1's rows)
     contexts = {n.settings.benchmark.name: n.settings.context.model_dump(exclude_none=True)
-                for n in plan.nodes["eval"].values()}
+                for n in plan.nodes["generate"].values()}
     problems = {name: load_problems(name, ctx) for name, ctx in contexts.items()}
     assert problems["medqa"][0].question.endswith("A. Liver\nB. Pancreas\nC. Kidney\nD. Spleen")
     assert [problems[n][0].gold for n in ("medqa", "medmcqa", "mmlu_medical")] == ["B", "C", "B"]
     assert is_correct("The answer is B", "B") and is_correct("\\boxed{C}", "C") and not is_correct("A. Liver", "B")
     medqa.write_text(medqa.read_text().replace("Spleen", "Heart"))
     changed = build_plan(parse_config(raw))
-    assert set(changed.nodes["eval"]) != set(plan.nodes["eval"])  # the local copy's bytes are in the key
+    assert set(changed.nodes["generate"]) != set(plan.nodes["generate"])  # the local copy's bytes are in the key

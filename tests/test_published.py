@@ -203,7 +203,7 @@ def fake_evaluations(tmp_path: Path, published: str, benchmarks: list[str], offs
             (folder / "scores.json").write_text(json.dumps({"accuracy": ours}))
             dirs[key] = folder
             rows.append({"train_set": train_set, "mode": mode, "seed": None if mode == "base" else 42,
-                         "benchmark": bench, "eval_key": key})
+                         "benchmark": bench, "grading": "strict", "score_key": key})
     return rows, dirs
 
 

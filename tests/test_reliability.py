@@ -153,7 +153,7 @@ def test_status_shows_the_interrupted_run_then_all_done(run):
     done = run.status_done.stdout
     assert run.status_done.returncode == 0, output(run.status_done)
     assert done.count(" done ") + done.count(" done\n") >= 2 and "interrupted" not in done
-    for stage, total in (("model", 1), ("train", 2), ("merge", 2), ("eval", 9)):
+    for stage, total in (("model", 1), ("train", 2), ("merge", 2), ("generate", 9), ("score", 9)):
         assert f"{total}/{total}" in next(line for line in done.splitlines() if line.startswith(stage + " "))
     assert "up to date" in done and "not running, no lock" in done
     assert run.records_done == []  # every job succeeded in the end: no record is left
@@ -165,22 +165,25 @@ def test_verify_reports_a_killed_runs_leftovers_as_notes_and_a_complete_run_as_s
     assert after_kill.returncode == 0, output(after_kill)
     assert f"{run.key}.partial" in after_kill.stdout and "resume point: checkpoint-20" in after_kill.stdout
     assert "0 problem(s)" in after_kill.stdout
-    assert run.verify_done.returncode == 0 and "16 sound, 0 problem(s), 0 note(s)" in run.verify_done.stdout
+    assert run.verify_done.returncode == 0 and "25 sound, 0 problem(s), 0 note(s)" in run.verify_done.stdout
 
 
 @pytest.mark.slow
 def test_corrupted_artifacts_are_found_fixed_and_only_they_and_their_descendants_recomputed(run):
     workdir, results = run.workdir, run.workdir / "results"
-    evals = {p.parent.name: json.loads(p.read_text()) for p in results.glob("eval/*/manifest.json")}
+    evals = {p.parent.name: json.loads(p.read_text()) for p in results.glob("generate/*/manifest.json")}
+    scores = {p.parent.name: json.loads(p.read_text()) for p in results.glob("score/*/manifest.json")}
     merge_key = sorted(p.name for p in (results / "merge").iterdir())[0]
     base_eval = next(k for k, m in evals.items() if m["labels"]["mode"] == "base")
-    expected = {f"merge/{merge_key}", f"eval/{base_eval}"} | {
-        f"eval/{k}" for k, m in evals.items() if m["parents"]["model"] == f"merge/{merge_key}"}
+    expected = {f"merge/{merge_key}", f"generate/{base_eval}"} | {
+        f"generate/{k}" for k, m in evals.items() if m["parents"]["model"] == f"merge/{merge_key}"}
     assert len(expected) == 5
+    expected |= {f"score/{k}" for k, m in scores.items() if m["parents"]["samples"] in expected}
+    assert len(expected) == 9
     expected |= {f"tables/{p.name}" for p in (results / "tables").iterdir()}  # it read a removed evaluation
     weights = results / "merge" / merge_key / "model.safetensors"
     weights.write_bytes(weights.read_bytes()[: weights.stat().st_size // 2])
-    samples = results / "eval" / base_eval / "samples.jsonl"
+    samples = results / "generate" / base_eval / "samples.jsonl"
     samples.write_text(samples.read_text()[:100])
     before = manifests(workdir)
     table_before = (results / "table.csv").stat().st_mtime_ns
@@ -198,7 +201,7 @@ def test_corrupted_artifacts_are_found_fixed_and_only_they_and_their_descendants
     assert fixed.returncode == 0, output(fixed)
     assert not any((results / ref).exists() for ref in expected)
     made_from = [line for line in fixed.stdout.splitlines() if f"made from merge/{merge_key}" in line]
-    assert len(made_from) == 3 and "aggregate of a removed evaluation" in fixed.stdout
+    assert len(made_from) == 3 + 3 and "aggregate of a removed evaluation" in fixed.stdout
     assert not (results / "table.csv").exists()
 
     # Re-run; while it holds the lock, a second workflow on the same directory is refused.
@@ -379,10 +382,10 @@ def test_verify_finds_every_kind_of_damage_and_fix_removes_only_what_it_must(tmp
     (results / "model" / ("b" * 16) / "model.safetensors").write_bytes(b"w" * 50)  # truncated
     make_artifact(results, "merge", "c" * 16, {"config.json": b"{}"})
     (results / "merge" / ("c" * 16) / "extra.bin").write_bytes(b"x")  # unlisted
-    make_artifact(results, "eval", "d" * 16, {"scores.json": b"{}"})
-    (results / "eval" / ("d" * 16) / "scores.json").unlink()  # missing
-    moved = make_artifact(results, "eval", "e" * 16, {"scores.json": b"{}"})
-    moved.rename(results / "eval" / ("f" * 16))  # key differs from the folder
+    make_artifact(results, "score", "d" * 16, {"scores.json": b"{}"})
+    (results / "score" / ("d" * 16) / "scores.json").unlink()  # missing
+    moved = make_artifact(results, "score", "e" * 16, {"scores.json": b"{}"})
+    moved.rename(results / "score" / ("f" * 16))  # key differs from the folder
     make_artifact(results, "tokenize", "1" * 16, {"stats.json": b"{}"})
     (results / "tokenize" / ("1" * 16) / MANIFEST).write_text("{not json")
     (results / "train" / ("2" * 16)).mkdir(parents=True)
@@ -402,7 +405,7 @@ def test_verify_finds_every_kind_of_damage_and_fix_removes_only_what_it_must(tmp
         ("train", "3" * 16): "empty", ("train", f"{'4' * 16}.partial/checkpoint-4"): "bad-checkpoint",
         ("train", f"{'4' * 16}.partial"): "checkpoint", ("train", f"{'5' * 16}.tmp-999999999"): "leftover",
         ("train", f"{'6' * 16}.tmp-{os.getpid()}"): "leftover", ("merge", "c" * 16): "corrupted",
-        ("eval", "d" * 16): "corrupted", ("eval", "f" * 16): "corrupted", ("aggregate", "table.csv.tmp"): "leftover",
+        ("score", "d" * 16): "corrupted", ("score", "f" * 16): "corrupted", ("aggregate", "table.csv.tmp"): "leftover",
     }
     details = {f.name: f.detail for f in scan(results)}
     assert "model.safetensors: sha256 mismatch (50 bytes" in details["b" * 16]
@@ -469,7 +472,7 @@ def test_status_reads_job_records_artifacts_and_snakemakes_markers(tmp_path, mon
     model, data, tokenize = plan.keys("model")[0], plan.keys("data")[0], plan.keys("tokenize")[0]
     train_a, train_b = plan.keys("train")
     merge_a, merge_b = plan.keys("merge")
-    evals = plan.keys("eval")
+    evals = plan.keys("generate")
     dead = 999999999  # above any pid_max: no such process
 
     make_artifact(results, "model", model, {"w.safetensors": b"w"})
@@ -483,10 +486,10 @@ def test_status_reads_job_records_artifacts_and_snakemakes_markers(tmp_path, mon
     running_record(tmp_path, "train", train_b, pid=dead, host="gpu-node-7")  # a cluster node's job
     running_record(tmp_path, "merge", merge_a, pid=dead)
     running_record(tmp_path, "merge", merge_b, started="2000-01-01T00:00:00+00:00")  # a reused pid: not the job
-    (results / "eval" / f"{evals[0]}.tmp-{os.getpid()}").mkdir(parents=True)  # a job writing, without a record
+    (results / "generate" / f"{evals[0]}.tmp-{os.getpid()}").mkdir(parents=True)  # a job writing, without a record
     marks = tmp_path / ".snakemake" / "incomplete"
     marks.mkdir(parents=True)
-    (marks / base64.urlsafe_b64encode(f"results/eval/{evals[1]}/manifest.json".encode()).decode()).write_text("{}")
+    (marks / base64.urlsafe_b64encode(f"results/generate/{evals[1]}/manifest.json".encode()).decode()).write_text("{}")
 
     found = status_of(results)
     assert found[("model", model)] == ("done", "")
@@ -500,10 +503,10 @@ def test_status_reads_job_records_artifacts_and_snakemakes_markers(tmp_path, mon
     assert f"pid {dead} on {socket.gethostname()}" in found[("merge", merge_a)][1]
     assert "process is gone" in found[("merge", merge_a)][1]
     assert found[("merge", merge_b)][0] == "interrupted"
-    assert found[("eval", evals[0])] == ("running", "")
-    assert found[("eval", evals[1])] == ("interrupted", "killed (Snakemake marks its output incomplete); "
+    assert found[("generate", evals[0])] == ("running", "")
+    assert found[("generate", evals[1])] == ("interrupted", "killed (Snakemake marks its output incomplete); "
                                                         "the next run starts it again")
-    assert {found[("eval", key)] for key in evals[2:]} == {("pending", "")}
+    assert {found[("generate", key)] for key in evals[2:]} == {("pending", "")}
 
     assert run_status([str(TINY)], results) == 0
     text = capsys.readouterr().out
@@ -520,7 +523,7 @@ def test_status_reads_job_records_artifacts_and_snakemakes_markers(tmp_path, mon
     assert status_of(results)[("train", train_b)][0] == "running"
     monkeypatch.setattr(status, "live_snakemake_pids", lambda workdir: [4242])
     found = status_of(results)
-    assert found[("merge", merge_a)] == ("pending", "") and found[("eval", evals[1])] == ("pending", "")
+    assert found[("merge", merge_a)] == ("pending", "") and found[("generate", evals[1])] == ("pending", "")
     assert found[("train", train_a)][0] == "interrupted"  # its checkpoint is still the resume point
 
 
@@ -607,12 +610,12 @@ def test_fix_removes_descendants_and_the_aggregate_and_clears_snakemakes_stale_m
     make_artifact(results, "train", "1" * 16, {"a.bin": b"a"}, {"model": f"model/{model}"})
     make_artifact(results, "merge", "2" * 16, {"w.bin": b"m"},
                   {"train": f"train/{'1' * 16}", "model": f"model/{model}"})
-    make_artifact(results, "eval", "3" * 16, {"s.json": b"{}"},
+    make_artifact(results, "score", "3" * 16, {"s.json": b"{}"},
                   {"model": f"merge/{'2' * 16}", "base": f"model/{model}"})
-    make_artifact(results, "eval", "4" * 16, {"s.json": b"{}"}, {"model": f"model/{model}"})
+    make_artifact(results, "score", "4" * 16, {"s.json": b"{}"}, {"model": f"model/{model}"})
     for folder, keys in (("aaaaaaaaaaaaaaaa", ["3" * 16, "4" * 16]), ("bbbbbbbbbbbbbbbb", ["4" * 16])):
         with atomic_folder(results / "tables" / folder) as tmp:  # as the aggregate writes a table
-            (tmp / "plan.json").write_text(json.dumps({"rows": [{"eval_key": k} for k in keys]}))
+            (tmp / "plan.json").write_text(json.dumps({"rows": [{"score_key": k} for k in keys]}))
             write_manifest(tmp, {"stage": "tables", "key": folder}, 0.0)
     (results / "table.csv").write_text("mode\n")
     (results / "train" / ("1" * 16) / "a.bin").write_bytes(b"changed")
@@ -624,15 +627,15 @@ def test_fix_removes_descendants_and_the_aggregate_and_clears_snakemakes_stale_m
         marker = marks / base64.urlsafe_b64encode(path.encode()).decode()
         marker.write_text('{"external_jobid": null}')
         return marker
-    sound = mark(f"results/eval/{'4' * 16}/manifest.json")
+    sound = mark(f"results/score/{'4' * 16}/manifest.json")
     mark("results/runs.csv")
     (results / "runs.csv").write_text("half")
-    mark(f"results/eval/{'5' * 16}/manifest.json")  # no such file: harmless, not reported
+    mark(f"results/score/{'5' * 16}/manifest.json")  # no such file: harmless, not reported
 
     assert kinds(results) == {("train", "1" * 16): "corrupted"}
     out = io.StringIO()
     assert run_verify(results, out=out) == 1
-    assert "marks results/eval/4444444444444444/manifest.json incomplete" in out.getvalue()
+    assert "marks results/score/4444444444444444/manifest.json incomplete" in out.getvalue()
     assert "incomplete  aggregate  results/runs.csv" in out.getvalue()
     assert run_verify(results, fix=True) == 0
     remaining = {p.parent.name for p in results.glob("*/*/manifest.json") if p.parent.parent.name != "tables"}
@@ -648,10 +651,10 @@ def test_an_artifact_whose_parent_was_deleted_is_reported_but_kept(tmp_path):
 
     results = tmp_path / "results"
     make_artifact(results, "model", "8" * 16, {"w.safetensors": b"w"})
-    make_artifact(results, "eval", "9" * 16, {"s.json": b"{}"}, {"model": f"model/{'8' * 16}"})
+    make_artifact(results, "generate", "9" * 16, {"s.json": b"{}"}, {"model": f"model/{'8' * 16}"})
     shutil.rmtree(results / "model" / ("8" * 16))
-    assert kinds(results) == {("eval", "9" * 16): "orphan"}
-    assert run_verify(results, fix=True) == 0 and (results / "eval" / ("9" * 16) / MANIFEST).is_file()
+    assert kinds(results) == {("generate", "9" * 16): "orphan"}
+    assert run_verify(results, fix=True) == 0 and (results / "generate" / ("9" * 16) / MANIFEST).is_file()
 
 
 def test_verify_recomputes_the_key_from_the_manifest(tmp_path):

@@ -46,7 +46,7 @@ resources:
   train: {threads: 1, mem_mb: 3000, runtime: 45, gpus: 1}
   eval: {threads: 1, mem_mb: 2500, runtime: 20, gpus: 0}
 """
-EXPECTED_JOBS = Counter(download_model=1, download_data=1, tokenize=1, train=1, merge=1, eval=2)
+EXPECTED_JOBS = Counter(download_model=1, download_data=1, tokenize=1, train=1, merge=1, generate=2, score=2)
 
 # Minutes long like the other end-to-end runs: `-m "not slow"` leaves it out too.
 pytestmark = [pytest.mark.slurm, pytest.mark.slow]
@@ -185,7 +185,7 @@ def test_config_resources_reach_slurm_including_the_gpu(slurm_run):
     records = _records(shown)
     by_rule = {rule: records[job_id] for job_id, rule in jobs.items() if job_id in records}
     assert set(by_rule) == set(EXPECTED_JOBS), shown
-    train, evaluation, tokenize = by_rule["train"], by_rule["eval"], by_rule["tokenize"]
+    train, evaluation, tokenize = by_rule["train"], by_rule["generate"], by_rule["tokenize"]
     # resources.train: {threads: 1, mem_mb: 3000, runtime: 45, gpus: 1}
     assert "gpu:1" in train.get("TresPerJob", ""), train  # --gpus=1 (plugin: gpu=1)
     assert train["TimeLimit"] == "00:45:00" and train["MinMemoryNode"] == "3000M" and train["NumCPUs"] == "1"

@@ -42,7 +42,7 @@ def planned_jobs(workdir: Path, *args: str) -> Counter:
 def test_dry_run_of_the_default_lists_the_expected_jobs(tmp_path):
     jobs = planned_jobs(tmp_path)
     # 4 modes x 2 seeds; 3 benchmarks for the base model and for each of the 8 runs.
-    assert jobs == Counter(download_model=1, download_data=1, tokenize=1, train=8, merge=8, eval=27,
+    assert jobs == Counter(download_model=1, download_data=1, tokenize=1, train=8, merge=8, generate=27, score=27,
                            aggregate=1, publish=1, all=1)
 
 
@@ -83,14 +83,16 @@ def test_end_to_end_tiny_run_produces_the_table(tiny_run):
     from asft.workflow.artifacts import file_hashes
 
     manifests = list((tiny_run / "results").glob("*/*/manifest.json"))
-    assert len(manifests) == 1 + 1 + 1 + 2 + 2 + 9 + 1  # model, data, tokenize, train, merge, eval, the table
+    assert len(manifests) == 1 + 1 + 1 + 2 + 2 + 9 + 9 + 1  # model, data, tokenize, train, merge, generate, score, table
     for manifest in manifests:
         recorded = json.loads(manifest.read_text())
         assert recorded["files"] == file_hashes(manifest.parent)
         assert recorded["key"] == manifest.parent.name
     assert not list((tiny_run / "results").glob("*/*.tmp-*")) and not list((tiny_run / "results").glob("train/*.partial"))
-    samples = (next((tiny_run / "results" / "eval").glob("*/samples.jsonl"))).read_text().splitlines()
-    assert {"prompt", "completion", "extracted", "gold", "correct"} <= set(json.loads(samples[0]))
+    samples = (next((tiny_run / "results" / "generate").glob("*/samples.jsonl"))).read_text().splitlines()
+    assert {"problem", "sample", "prompt", "completion", "gold"} <= set(json.loads(samples[0]))
+    graded = (next((tiny_run / "results" / "score").glob("*/graded.jsonl"))).read_text().splitlines()
+    assert {"problem", "sample", "extracted", "gold", "correct"} <= set(json.loads(graded[0]))
 
 
 @pytest.mark.slow
@@ -103,10 +105,10 @@ def test_eval_only_change_schedules_only_eval_and_aggregate(tiny_run, tmp_path):
     layer = tmp_path / "eval_change.yaml"
     layer.write_text("eval: {max_new_tokens: 30}\n")
     jobs = planned_jobs(tiny_run, "--configfile", str(TINY), str(layer))
-    assert jobs == Counter(eval=9, aggregate=1, publish=1, all=1)
+    assert jobs == Counter(generate=9, score=9, aggregate=1, publish=1, all=1)
     # the explicit target users type, too
     assert planned_jobs(tiny_run, "results/table.csv", "--configfile", str(TINY), str(layer)) == Counter(
-        eval=9, aggregate=1, publish=1)
+        generate=9, score=9, aggregate=1, publish=1)
 
 
 @pytest.mark.slow
@@ -122,7 +124,7 @@ def test_config_change_rebuilds_the_table_even_without_snakemake_metadata(tiny_r
         jobs = planned_jobs(tiny_run, "--configfile", str(TINY), str(layer))
     finally:
         shutil.copytree(backup, tiny_run / ".snakemake" / "metadata", dirs_exist_ok=True)
-    assert jobs == Counter(eval=9, aggregate=1, publish=1, all=1)
+    assert jobs == Counter(generate=9, score=9, aggregate=1, publish=1, all=1)
 
 
 @pytest.mark.slow
@@ -130,7 +132,36 @@ def test_new_seed_trains_only_the_new_seed(tiny_run, tmp_path):
     layer = tmp_path / "seeds.yaml"
     layer.write_text("seeds: [0, 1]\n")
     jobs = planned_jobs(tiny_run, "--configfile", str(TINY), str(layer))
-    assert jobs == Counter(train=2, merge=2, eval=6, aggregate=1, publish=1, all=1)
+    assert jobs == Counter(train=2, merge=2, generate=6, score=6, aggregate=1, publish=1, all=1)
+
+
+@pytest.mark.slow
+def test_rescoring_with_another_policy_generates_nothing(tiny_run, tmp_path):
+    """Grading is its own stage: another policy runs only `score` and the table, the samples are reused
+    byte for byte, and a table of both policies then needs no job but the aggregate."""
+    import shutil
+
+    workdir = tmp_path / "copy"
+    shutil.copytree(tiny_run, workdir, symlinks=True, ignore=shutil.ignore_patterns("locks"))
+    generated = {p: p.stat().st_mtime_ns for p in (workdir / "results" / "generate").glob("*/samples.jsonl")}
+    layer = tmp_path / "harness.yaml"
+    layer.write_text("eval: {grading: [qwen_harness]}\n")
+    assert planned_jobs(workdir, "--configfile", str(TINY), str(layer)) == Counter(score=9, aggregate=1, publish=1,
+                                                                                  all=1)
+    snakemake(workdir, "--configfile", str(TINY), str(layer), "--cores", "2")
+    assert {p: p.stat().st_mtime_ns for p in generated} == generated  # no sample was made again
+    rows = list(csv.DictReader(open(workdir / "results" / "table.csv")))
+    assert {row["grading"] for row in rows} == {"qwen_harness"}
+    scores = [json.loads(p.read_text()) for p in (workdir / "results" / "score").glob("*/scores.json")]
+    assert {s["grading"]["policy"] for s in scores} == {"strict", "qwen_harness"} and len(scores) == 18
+    both = tmp_path / "both.yaml"
+    both.write_text("eval: {grading: [strict, qwen_harness]}\n")
+    assert planned_jobs(workdir, "--configfile", str(TINY), str(both)) == Counter(aggregate=1, publish=1, all=1)
+    snakemake(workdir, "--configfile", str(TINY), str(both), "--cores", "2")
+    rows = list(csv.DictReader(open(workdir / "results" / "table.csv")))
+    assert [row["grading"] for row in rows] == ["strict"] * 3 + ["qwen_harness"] * 3
+    table = (workdir / "results" / "table.md").read_text()
+    assert "## The same runs graded with `qwen_harness`" in table and "grading policy `strict` (version" in table
 
 
 @pytest.mark.slow

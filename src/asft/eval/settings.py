@@ -1,7 +1,12 @@
-"""Typed settings of the eval stage: which benchmark, how it is prompted, sampled and scored.
+"""Typed settings of the two evaluation stages.
 
-One frozen model per evaluation (asft.core.settings): the plan builds it from the config and the
-named protocol, its `key_payload()` is what the eval key hashes, and the runner receives it as it is.
+`generate` (GenerateSettings): which benchmark, how it is prompted and sampled: the model's
+completions (or, for multiple choice, its next-token log-probabilities). The GPU part.
+`score` (ScoreSettings): how those samples are judged: a grading policy and its version, or the
+multiple-choice letter rule. CPU, seconds; a change here re-runs only scoring and the table.
+
+One frozen model per node (asft.core.settings): the plan builds it from the config and the named
+protocol, its `key_payload()` is what the key hashes, and the runner receives it as it is.
 No torch import.
 """
 
@@ -51,7 +56,7 @@ class ProtocolRef(StageSettings):
     version: int
 
 
-class EvalSettings(StageSettings):
+class GenerateSettings(StageSettings):
     benchmark: BenchmarkRef
     context: EvalContext = Field(default_factory=EvalContext)
     protocol: ProtocolRef | None = None  # None: the eval section's own fields (`custom`)
@@ -70,6 +75,26 @@ class EvalSettings(StageSettings):
     key_omits = {"scoring": "generate"}  # absent means generate, so keys made before the option hold
 
 
-class EvalRuntime(Runtime):
+class GenerateRuntime(Runtime):
     batch_size: int = Field(256, ge=1)
     tensor_parallel: int = Field(1, ge=1)
+
+
+class PolicyRef(StageSettings):
+    """A named grading policy (asft.eval.grading) and its version: a new version re-scores, never re-generates."""
+
+    name: str
+    version: int
+
+
+class ScoreSettings(StageSettings):
+    """How the samples of one generation are judged.
+
+    `grade`: each completion's answer against the gold by `policy`; `choose_letter`: the option letter
+    from the recorded next-token log-probabilities (upstream medeval's rule), no grading policy.
+    """
+
+    method: Literal["grade", "choose_letter"] = "grade"
+    policy: PolicyRef | None = None
+
+    key_omits = {"policy": None}

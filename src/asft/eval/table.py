@@ -70,13 +70,14 @@ def _mean(values: Sequence[float]) -> float:
 
 def run_rows(eval_rows: Sequence[Mapping[str, Any]], scores: Mapping[str, Mapping[str, Any]],
              *, target: Sequence[str], retention: Sequence[str]) -> pd.DataFrame:
-    """One row per training run (and the base model): accuracies, group means, drift."""
+    """One row per training run (and the base model): accuracies, group means, drift (the rows of one
+    grading policy)."""
     runs: dict[tuple, dict[str, Any]] = {}
     for row in eval_rows:
         key = (row["train_set"], row["mode"], row["seed"])
         run = runs.setdefault(key, {"train_set": row["train_set"], "mode": row["mode"], "seed": row["seed"],
                                     "_drift": []})
-        result = scores[row["eval_key"]]
+        result = scores[row["score_key"]]
         run[row["benchmark"]] = float(result["accuracy"])
         if row["benchmark"] in target and result.get("drift") is not None:
             run["_drift"].append(float(result["drift"]))
@@ -125,21 +126,35 @@ def _cell(mean: float, std: float, digits: int) -> str:
 
 def markdown_table(table: pd.DataFrame, benchmarks: Sequence[str], *, title: str,
                    labels: Mapping[str, str] | None = None, published: Mapping[str, Any] | None = None,
-                   target: Sequence[str] = ()) -> str:
+                   target: Sequence[str] = (), grading: Mapping[str, str] | None = None) -> str:
+    """The table of the first grading policy (with the published numbers), then one per other policy.
+    `grading`: policy -> how its numbers were graded, in words (from the scores)."""
     labels = {"target": "target", "retention": "retention", **(labels or {})}
+    policies = list(dict.fromkeys(table["grading"])) if "grading" in table else [None]
+    lines = [f"# {title}", "", "Accuracy in % (mean ± std over seeds); drift = mean per-token KL(base || model) "
+             "on the target benchmarks' gold solutions (lower: closer to the base)."]
+    for index, policy in enumerate(policies):
+        rows = table if policy is None else table[table["grading"] == policy]
+        if index:
+            lines += ["", f"## The same runs graded with `{policy}`"]
+        if policy is not None:
+            lines += ["", f"Graded with {(grading or {}).get(policy, f'`{policy}`')}."]
+        lines += ["", *_markdown_rows(rows, benchmarks, labels)]
+        if published and index == 0:
+            lines += published_section(rows, published, target_label=labels["target"], target=target)
+    return "\n".join(lines) + "\n"
+
+
+def _markdown_rows(table: pd.DataFrame, benchmarks: Sequence[str], labels: Mapping[str, str]) -> list[str]:
     names = [get_benchmark(b).display for b in benchmarks]
     header = ["train set", "mode", "seeds", *names, labels["target"], labels["retention"], "drift (KL)"]
-    lines = [f"# {title}", "", "Accuracy in % (mean ± std over seeds); drift = mean per-token KL(base || model) "
-             "on the target benchmarks' gold solutions (lower: closer to the base).", "",
-             "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for _, row in table.iterrows():
         cells = [str(row["train_set"]), str(row["mode"]), str(row["n_seeds"])]
         cells += [_cell(row[f"{m}_mean"], row[f"{m}_std"], 1) for m in [*benchmarks, "target", "retention"]]
         cells.append(_cell(row["drift_mean"], row["drift_std"], 4))
         lines.append("| " + " | ".join(cells) + " |")
-    if published:
-        lines += published_section(table, published, target_label=labels["target"], target=target)
-    return "\n".join(lines) + "\n"
+    return lines
 
 
 #: Marks a published average that the source printed differently from the mean of its cells.
@@ -242,20 +257,54 @@ def aggregate(eval_rows: Sequence[Mapping[str, Any]], eval_dirs: Mapping[str, Pa
               benchmarks: Sequence[str], target: Sequence[str], retention: Sequence[str],
               mode_order: Sequence[str], title: str, labels: Mapping[str, str] | None = None,
               published: Mapping[str, Any] | None = None) -> pd.DataFrame:
-    """Write table.csv, table.md, table.tex, runs.csv and table.png into out_dir."""
+    """Write table.csv, table.md, table.tex, runs.csv and table.png into out_dir.
+
+    Each row of `eval_rows` names its grading policy (`grading`): the first policy's rows make the main
+    table (compared with the published numbers; the LaTeX table and the chart); each other policy's
+    follow it in table.csv, runs.csv and table.md, its `grading` column saying which is which."""
     scores = {key: json.loads((Path(folder) / "scores.json").read_text()) for key, folder in eval_dirs.items()}
-    runs = run_rows(eval_rows, scores, target=target, retention=retention)
-    table = add_published(summary_table(runs, benchmarks, mode_order), published, target=target)
+    policies = list(dict.fromkeys(row["grading"] for row in eval_rows))
+    all_runs, tables = [], []
+    for policy in policies:
+        rows = [row for row in eval_rows if row["grading"] == policy]
+        runs = run_rows(rows, scores, target=target, retention=retention)
+        runs.insert(3, "grading", policy)
+        table = summary_table(runs, benchmarks, mode_order)
+        table.insert(2, "grading", policy)
+        all_runs.append(runs)
+        tables.append(add_published(table, published, target=target) if not tables else table)
+    main = tables[0]
+    runs, table = pd.concat(all_runs, ignore_index=True), pd.concat(tables, ignore_index=True)
     out_dir.mkdir(parents=True, exist_ok=True)
     _write_atomic(out_dir / "runs.csv", runs.to_csv(index=False, float_format="%.4f"))
     _write_atomic(out_dir / "table.csv", table.to_csv(index=False, float_format="%.4f"))
     _write_atomic(out_dir / "table.md", markdown_table(table, benchmarks, title=title, labels=labels,
-                                                       published=published, target=target))
-    _write_atomic(out_dir / "table.tex", latex_table(table, benchmarks))
+                                                       published=published, target=target,
+                                                       grading=grading_notes(eval_rows, scores)))
+    _write_atomic(out_dir / "table.tex", latex_table(main, benchmarks))
     chart = out_dir / "table.png.tmp"
-    bar_chart(table, chart)
+    bar_chart(main, chart)
     chart.replace(out_dir / "table.png")
     return table
+
+
+def grading_notes(eval_rows: Sequence[Mapping[str, Any]], scores: Mapping[str, Mapping[str, Any]]) -> dict[str, str]:
+    """Per policy, in words, what graded its numbers: the policy and its version, and the letter rule for
+    multiple-choice benchmarks (as each scores.json recorded it)."""
+    notes: dict[str, str] = {}
+    for policy in dict.fromkeys(row["grading"] for row in eval_rows):
+        how = set()
+        for row in eval_rows:
+            if row["grading"] == policy:
+                grading = scores[row["score_key"]].get("grading") or {}
+                if grading.get("method") == "choose_letter":
+                    how.add("the option letter with the highest next-token log-probability (multiple choice)")
+                else:
+                    version = grading.get("policy_version")
+                    how.add(f"the grading policy `{grading.get('policy', policy)}`"
+                            + (f" (version {version}, asft.eval.grading)" if version else " (asft.eval.grading)"))
+        notes[policy] = "; ".join(sorted(how))
+    return notes
 
 
 def _write_atomic(path: Path, text: str) -> None:

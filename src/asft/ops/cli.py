@@ -1,4 +1,4 @@
-"""`asft` command line: schema, plan, verify, status."""
+"""`asft` command line: schema, plan, verify, status, migrate."""
 
 from __future__ import annotations
 
@@ -40,6 +40,12 @@ def _verify(args: argparse.Namespace) -> int:
     return run_verify(Path(args.results), fix=args.fix)
 
 
+def _migrate(args: argparse.Namespace) -> int:
+    from asft.ops.migrate import run_migrate
+
+    return run_migrate(Path(args.results))
+
+
 def _status(args: argparse.Namespace) -> int:
     from asft.ops.status import run_status
 
@@ -62,6 +68,10 @@ def main(argv: list[str] | None = None) -> int:
     verify.add_argument("--fix", action="store_true", help="remove corrupted folders and stale leftovers")
     verify.add_argument("--results", default="results", help="results folder")
     verify.set_defaults(func=_verify)
+    migrate = sub.add_parser("migrate", help="adopt results/eval/ folders of older versions as generations "
+                             "(their samples are reused; only scoring runs again)")
+    migrate.add_argument("--results", default="results", help="results folder")
+    migrate.set_defaults(func=_migrate)
     status = sub.add_parser("status", help="state of every training run and stage (done/running/failed)")
     status.add_argument("--configfile", nargs="*", default=[], help="config files layered over the default")
     status.add_argument("--results", default="results", help="results folder")

@@ -135,7 +135,7 @@ def estimate(plan: Plan, results: Path, assumptions: Assumptions = Assumptions()
         notes.append(how)
     gen_tokens = gen_flops = 0.0
     problems_cache: dict[str, int] = {}
-    for node in plan.nodes.get("eval", {}).values():
+    for node in plan.nodes.get("generate", {}).values():
         settings = node.settings
         name = settings.benchmark.name
         if name not in problems_cache:
@@ -148,12 +148,12 @@ def estimate(plan: Plan, results: Path, assumptions: Assumptions = Assumptions()
         gen_flops += 0.0 if node.key in done else 2 * params * tokens
     gpu_hours = {
         "train": train_flops / (assumptions.peak_flops * assumptions.train_utilisation) / 3600,
-        "eval": gen_flops / (assumptions.peak_flops * assumptions.generation_utilisation) / 3600,
+        "generate": gen_flops / (assumptions.peak_flops * assumptions.generation_utilisation) / 3600,
     }
     for stage in counts:
         stages[stage] = {"jobs": counts[stage], "cached": cached[stage]}
     stages.setdefault("train", {}).update(tokens=train_tokens, flops=train_flops, gpu_hours=gpu_hours["train"])
-    stages.setdefault("eval", {}).update(tokens=gen_tokens, flops=gen_flops, gpu_hours=gpu_hours["eval"])
+    stages.setdefault("generate", {}).update(tokens=gen_tokens, flops=gen_flops, gpu_hours=gpu_hours["generate"])
     return {"params": params, "stages": stages, "token_sources": sorted(set(notes)), "assumptions": assumptions}
 
 

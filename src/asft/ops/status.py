@@ -246,17 +246,17 @@ def job_states(plan: Any, results: Path) -> tuple[list[JobState], dict[str, Any]
 def aggregate_state(plan: Any, results: Path) -> str:
     """The results table of this configuration: up to date, out of date, or what it waits for."""
     results = Path(results)
-    evals = [results / "eval" / key / MANIFEST for key in plan.keys("eval")]
+    evals = [results / "score" / key / MANIFEST for key in plan.keys("score")]
     done = sum(e.is_file() for e in evals)
     if done < len(evals):
-        return f"waiting for evaluations ({done}/{len(evals)} done)"
+        return f"waiting for scores ({done}/{len(evals)} done)"
     table_key = plan.table_key() if hasattr(plan, "table_key") else None
     table = results / "tables" / table_key / "table.csv" if table_key else results / "table.csv"
     where = table.parent if table_key else table
     if not table.is_file():
         return f"not built yet ({where})"
     newer = sum(e.stat().st_mtime > table.stat().st_mtime for e in evals)
-    return f"out of date: {newer} evaluation(s) are newer ({where})" if newer else f"up to date ({where})"
+    return f"out of date: {newer} score(s) are newer ({where})" if newer else f"up to date ({where})"
 
 
 def lock_line(info: dict[str, Any]) -> str:

@@ -302,7 +302,7 @@ def aggregate_products(results: Path, removed_evals: set[str]) -> list[Path]:
             continue
         try:
             rows = json.loads((folder / "plan.json").read_text())["rows"]
-            keys = {str(row["eval_key"]) for row in rows}
+            keys = {str(row.get("score_key") or row["eval_key"]) for row in rows}
         except (OSError, ValueError, KeyError, TypeError):
             keys = None  # cannot tell what it read: rebuild it
         if keys is None or keys & removed_evals:
@@ -336,7 +336,7 @@ def fix_plan(results: Path, findings: list[Finding]) -> list[tuple[Path, str]]:
                if f.removable and f.severity == PROBLEM and f.stage in STAGE_ORDER and KEY_RE.match(f.name)}
     for ref, origin in descendants(results, removed).items():
         plan.append((results / ref, f"made from {origin}"))
-    evals = {ref.split("/")[1] for ref in removed | set(descendants(results, removed)) if ref.startswith("eval/")}
+    evals = {ref.split("/")[1] for ref in removed | set(descendants(results, removed)) if ref.startswith(("score/", "eval/"))}
     planned = {path for path, _ in plan}
     for product in aggregate_products(results, evals):
         if product not in planned:

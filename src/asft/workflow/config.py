@@ -221,6 +221,12 @@ class EvalConfig(_Strict):
         "eval/medeval/vllm_medical_test.py; hf: one forward pass, vllm: logprobs of one token).",
     )
     backend: Literal["hf", "vllm"] = Field("hf", description="hf: batched generate (CPU/GPU); vllm: GPU.")
+    grading: list[str] | None = Field(
+        None,
+        description="Grading policies of generated answers (asft.eval.grading: strict, qwen_harness), the first the "
+        "table's main numbers, the others shown beside them; null: the protocol's (paper: qwen_harness, else strict). "
+        "A change re-runs only scoring and the table, never generation.",
+    )
     benchmarks: list[str] = Field(
         default_factory=lambda: ["embedded_mul", "embedded_add", "embedded_sub"],
         description="Registered benchmark names (asft.eval.benchmarks).",
@@ -244,6 +250,20 @@ class EvalConfig(_Strict):
     )
     batch_size: int = Field(256, ge=1, description="Prompts per generate call. Not in the key.")
     tensor_parallel: int = Field(1, ge=1, description="vLLM tensor parallel size. Not in the key.")
+
+    @field_validator("grading")
+    @classmethod
+    def _known_policies(cls, policies: list[str] | None) -> list[str] | None:
+        from asft.eval.grading import policy_version  # light: the policy table, not the graders
+
+        if policies is not None:
+            if not policies:
+                raise ValueError("give at least one grading policy, or null for the protocol's")
+            for name in policies:
+                policy_version(name)  # unknown: ValueError with "did you mean"
+            if len(set(policies)) != len(policies):
+                raise ValueError(f"a policy is listed twice: {policies}")
+        return policies
 
 
 class TableConfig(_Strict):
@@ -271,6 +291,7 @@ class ResourcesConfig(_Strict):
     train: RuleResources = Field(default_factory=RuleResources)
     merge: RuleResources = Field(default_factory=RuleResources)
     eval: RuleResources = Field(default_factory=RuleResources)
+    score: RuleResources = Field(default_factory=RuleResources)
 
 
 class Config(_Strict):
@@ -379,6 +400,16 @@ class Config(_Strict):
     def _multiple_choice_scoring(self) -> Config:
         _check_multiple_choice(self.eval)
         return self
+
+
+def grading_policies(ev: EvalConfig) -> list[str]:
+    """The grading policies of a config's generated answers: its own list, else its protocol's."""
+    from asft.eval.protocols import get_protocol
+
+    if ev.grading:
+        return list(ev.grading)
+    protocol = get_protocol(ev.protocol)
+    return [protocol.grading if protocol else "strict"]
 
 
 def _check_multiple_choice(ev: EvalConfig) -> None:

@@ -147,11 +147,11 @@ def run_aggregate_from_snakemake(smk: Any) -> None:
     params, out = smk.params, smk.output
     final = Path(out.csv).parent
     with redirect_output(smk.log[0] if smk.log else None), failures_logged("aggregate"):
-        eval_dirs = {Path(p).parent.name: Path(p).parent for p in smk.input.evals}
-        verify_parents({f"eval {key}": folder for key, folder in eval_dirs.items()})
+        score_dirs = {Path(p).parent.name: Path(p).parent for p in smk.input.scores}
+        verify_parents({f"score {key}": folder for key, folder in score_dirs.items()})
         started = time.time()
         with atomic_folder(final, replace=True) as tmp:
-            table = aggregate(params.rows, eval_dirs, tmp, benchmarks=params.benchmarks, target=params.target,
+            table = aggregate(params.rows, score_dirs, tmp, benchmarks=params.benchmarks, target=params.target,
                               retention=params.retention, mode_order=params.modes, title=params.title,
                               labels=params.labels, published=load_published(params.published))
             (tmp / Path(out.config).name).write_text(yaml.safe_dump(params.config, sort_keys=False))

@@ -13,6 +13,7 @@ that the settings it read still hash to its key.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import os
@@ -24,7 +25,15 @@ from typing import Any
 from asft.core.files import sha256_file
 from asft.eval.benchmarks import get_benchmark
 from asft.eval.protocols import get_protocol
-from asft.eval.settings import BenchmarkRef, EvalContext, EvalRuntime, EvalSettings, ProtocolRef
+from asft.eval.settings import (
+    BenchmarkRef,
+    EvalContext,
+    GenerateRuntime,
+    GenerateSettings,
+    PolicyRef,
+    ProtocolRef,
+    ScoreSettings,
+)
 from asft.train.data import expected_sha256
 from asft.train.settings import (
     EmbeddedData,
@@ -42,7 +51,7 @@ from asft.train.settings import (
 )
 from asft.core.settings import Runtime, StageSettings
 from asft.workflow.artifacts import Node
-from asft.workflow.config import ROOT, Config, TrainSetConfig
+from asft.workflow.config import ROOT, Config, TrainSetConfig, grading_policies
 from asft.workflow.keys import KEY_LENGTH, canonical_json, stage_key
 from asft.workflow.stages import get_stage
 
@@ -131,7 +140,7 @@ def train_runtime(cfg: Config) -> TrainRuntime:
     )
 
 
-def eval_settings(cfg: Config, benchmark: str) -> EvalSettings:
+def generate_settings(cfg: Config, benchmark: str) -> GenerateSettings:
     ev = cfg.eval
     protocol = get_protocol(ev.protocol)
     fields = protocol.eval_fields() if protocol else {
@@ -147,7 +156,7 @@ def eval_settings(cfg: Config, benchmark: str) -> EvalSettings:
         if not local.is_file():
             raise FileNotFoundError(f"eval.benchmark_files.{benchmark}: {local} does not exist")
         context = EvalContext(local_file=str(local), local_sha256=sha256_file(local))
-    return EvalSettings(
+    return GenerateSettings(
         benchmark=BenchmarkRef.model_validate(get_benchmark(benchmark).settings()),
         context=context,
         protocol=ProtocolRef(name=protocol.name, version=protocol.version) if protocol else None,
@@ -158,6 +167,15 @@ def eval_settings(cfg: Config, benchmark: str) -> EvalSettings:
         drift=ev.drift,
         limit=ev.limit,
     )
+
+
+def score_settings(generation: GenerateSettings, policy: str) -> ScoreSettings:
+    """How a generation is judged: by `policy`, or by the letter rule for multiple choice (no policy)."""
+    from asft.eval.grading import policy_version  # the policy table only: no grader is imported
+
+    if generation.scoring == "choice_logprobs":
+        return ScoreSettings(method="choose_letter")
+    return ScoreSettings(method="grade", policy=PolicyRef(name=policy, version=policy_version(policy)))
 
 
 @dataclass(frozen=True)
@@ -198,26 +216,38 @@ class Plan:
         return hashlib.sha256(canonical_json(payload).encode()).hexdigest()[:KEY_LENGTH]
 
     def eval_rows(self) -> list[dict[str, Any]]:
-        """One row per evaluation: its labels and key (what the aggregate stage reads)."""
-        return [
-            {**node.labels, "eval_key": node.key}
-            for node in sorted(self.nodes.get("eval", {}).values(), key=lambda n: n.key)
-        ]
+        """One row per (evaluation, grading policy): its labels and score key (what the aggregate reads).
+        A multiple-choice score has no policy: its one score node is the row of every policy."""
+        rows = []
+        for node in sorted(self.nodes.get("score", {}).values(), key=lambda n: n.key):
+            for policy in node.labels["policies"]:
+                labels = {k: v for k, v in node.labels.items() if k != "policies"}
+                rows.append({**labels, "grading": policy, "score_key": node.key})
+        order = {policy: i for i, policy in enumerate(grading_policies(self.config.eval))}
+        return sorted(rows, key=lambda r: (order[r["grading"]], r["score_key"]))
 
 
 def build_plan(cfg: Config) -> Plan:
     plan = Plan(cfg)
     model = plan.add(_node("model", model_settings(cfg), {}, {"model": cfg.model.id or cfg.model.source}))
     tokenize = tokenize_settings(cfg)
-    eval_runtime = EvalRuntime(batch_size=cfg.eval.batch_size, tensor_parallel=cfg.eval.tensor_parallel)
-    evals = {benchmark: eval_settings(cfg, benchmark) for benchmark in cfg.eval.benchmarks}
+    generate_runtime = GenerateRuntime(batch_size=cfg.eval.batch_size, tensor_parallel=cfg.eval.tensor_parallel)
+    generations = {benchmark: generate_settings(cfg, benchmark) for benchmark in cfg.eval.benchmarks}
+    policies = grading_policies(cfg.eval)
 
     def add_evals(evaluated: Node, labels: dict[str, Any]) -> None:
-        for benchmark, settings in evals.items():
+        for benchmark, settings in generations.items():
             parents = {"model": evaluated}
             if cfg.eval.drift and evaluated is not model:
                 parents["base"] = model
-            plan.add(_node("eval", settings, parents, {**labels, "benchmark": benchmark}, eval_runtime))
+            labels = {**labels, "benchmark": benchmark}
+            samples = plan.add(_node("generate", settings, parents, labels, generate_runtime))
+            judged: dict[str, list[str]] = {}  # score key -> the policies it stands for
+            for policy in policies:
+                scored = plan.add(_node("score", score_settings(settings, policy), {"samples": samples}, labels))
+                judged.setdefault(scored.key, []).append(policy)
+            for key, names in judged.items():
+                plan.add(dataclasses.replace(plan.node("score", key), labels={**labels, "policies": names}))
 
     if cfg.evaluate_base:
         add_evals(model, {"train_set": "-", "mode": BASE_LABEL, "seed": None})

@@ -23,7 +23,7 @@ from pydantic import TypeAdapter, ValidationError
 
 from asft.core.names import did_you_mean
 from asft.core.settings import Runtime
-from asft.eval.settings import EvalRuntime, EvalSettings
+from asft.eval.settings import GenerateRuntime, GenerateSettings, ScoreSettings
 from asft.train.settings import (
     DataSettings,
     MergeSettings,
@@ -79,8 +79,11 @@ STAGES: tuple[Stage, ...] = (
           ("manifest.json", "curves.png"), "one training run (train set, mode, seed): adapter or weights"),
     Stage("merge", "merge", 1, MergeSettings, None, "asft.train.merge:run_merge_stage", "merge",
           ("manifest.json",), "a LoRA adapter folded into its base model"),
-    Stage("eval", "eval", 1, EvalSettings, EvalRuntime, "asft.eval.evaluation:run_eval_stage", "eval",
-          ("manifest.json",), "one (model, benchmark) evaluation: samples and scores"),
+    # generate + score were one `eval` stage until grading became its own step (re-scoring regenerates nothing)
+    Stage("generate", "generate", 1, GenerateSettings, GenerateRuntime, "asft.eval.generate:run_generate_stage",
+          "eval", ("manifest.json",), "one model's samples on one benchmark (completions, or next-token choices)"),
+    Stage("score", "score", 1, ScoreSettings, None, "asft.eval.score:run_score_stage", "score",
+          ("manifest.json",), "one generation's samples judged by a grading policy: accuracy, pass@1, pass@n"),
 )
 
 STAGE_NAMES: tuple[str, ...] = tuple(stage.name for stage in STAGES)

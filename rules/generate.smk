@@ -1,12 +1,12 @@
-rule eval:
+rule generate:
     input:
-        unpack(eval_inputs),
+        unpack(generate_inputs),
     output:
-        manifest=update("results/eval/{key}/manifest.json"),
+        manifest=update("results/generate/{key}/manifest.json"),
     log:
-        "logs/eval/{key}.log",
+        "logs/generate/{key}.log",
     benchmark:
-        "benchmarks/eval/{key}.tsv"
+        "benchmarks/generate/{key}.tsv"
     conda:
         "../envs/eval.yaml"
     threads: RES.eval.threads
@@ -15,4 +15,4 @@ rule eval:
         runtime=RES.eval.runtime,
         gpu=RES.eval.gpus,
     script:
-        "../workflow/scripts/eval.py"
+        "../workflow/scripts/generate.py"

@@ -1,4 +1,4 @@
-"""Snakemake entry point of the `eval` stage: resolve the job's node, run it, log to the rule's log."""
+"""Snakemake entry point of the `generate` stage: resolve the job's node, run it, log to the rule's log."""
 
 from asft.workflow.jobs import run_from_snakemake
 
