@@ -245,8 +245,11 @@ def strip_string(string: str, skip_unit: bool = False) -> str:
     string = re.sub(r"\\mbox{.*?}", "", string)
     if "j" in string and "i" not in string:
         string = string.replace("j", "i")
-    string = re.sub(r"(\d+)\.0*([^\d])", r"\1\2", string)
-    string = re.sub(r"(\d+)\.0*$", r"\1", string)
+    # same result as the harness's r"(\d+)\.0*([^\d])" and r"(\d+)\.0*$"; the look-behind only
+    # skips start positions inside a digit run (which cannot match), so that long digit runs are
+    # linear, not quadratic
+    string = re.sub(r"(?<!\d)(\d+)\.0*([^\d])", r"\1\2", string)
+    string = re.sub(r"(?<!\d)(\d+)\.0*$", r"\1", string)
     if len(string) == 0:
         return string
     if string[0] == ".":
@@ -309,6 +312,8 @@ def extract_answer(pred_str: str, data_name: str = "math") -> str:
         pred = pred[:-1]
     if pred != "" and pred[-1] == "/":
         pred = pred[:-1]
+    if len(pred) > MAX_ANSWER_CHARS:
+        return pred  # bound (not in the harness): not normalised, so compared as a string only
     return strip_string(pred, skip_unit=data_name in ["carp_en", "minerva_math"])
 
 
@@ -317,15 +322,21 @@ def extract(completion: str) -> str | None:
     "math")`` then ``strip_string`` again (``""`` when nothing was found, as the harness)."""
     try:
         text = str(completion).rstrip()[-MAX_COMPLETION_CHARS:]
-        return strip_string(extract_answer(text, "math"), skip_unit=False)
+        return _strip_bounded(extract_answer(text, "math"))
     except Exception:
         return None
+
+
+def _strip_bounded(answer: str) -> str:
+    """``strip_string`` (the second one, of ``run_execute`` / ``parse_ground_truth``), skipped for
+    answers over ``MAX_ANSWER_CHARS``."""
+    return answer if len(answer) > MAX_ANSWER_CHARS else strip_string(answer, skip_unit=False)
 
 
 def parse_gold(gold: str) -> str:
     """``parse_ground_truth`` for ``math``/``math_oai``: the gold is the last ``\\boxed{}`` of the
     solution, so ``extract_answer`` of the boxed gold, then ``strip_string``."""
-    return strip_string(extract_answer("\\boxed{" + str(gold)[:MAX_COMPLETION_CHARS] + "}", "math"))
+    return _strip_bounded(extract_answer("\\boxed{" + str(gold)[:MAX_COMPLETION_CHARS] + "}", "math"))
 
 
 # ---------------------------------------------------------------- grader.py: math_equal
@@ -499,8 +510,8 @@ def _too_big(s: str) -> bool:
     for m in re.finditer(r"(\d+)\s*!", s):
         if len(m.group(1)) > 3 and int(m.group(1)) > 1000:
             return True
-    if re.search(r"[)}]\s*!", s) and re.search(r"\d{4}", s):
-        return True
+    if re.search(r"[)}\]]\s*!", s):
+        return True  # a factorial of a bracketed expression: its size is unknown
     return False
 
 
@@ -693,7 +704,7 @@ def grade(completion: str, gold: str) -> bool:
     try:
         code = str(completion).rstrip()[-MAX_COMPLETION_CHARS:]
         gt = parse_gold(gold)
-        pred = strip_string(extract_answer(code, "math"), skip_unit=False)
+        pred = _strip_bounded(extract_answer(code, "math"))
         if gt in _CHOICES and pred not in _CHOICES:
             pred = _choice_answer_clean(code)
         elif _is_multi_choice(gt) and not _is_multi_choice(pred):
