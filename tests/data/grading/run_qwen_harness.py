@@ -131,13 +131,17 @@ def main() -> None:
     ap.add_argument("--harness-id", required=True, help='e.g. "zhuchichi56/ASFT@<commit> eval/math_evaluation/"')
     ap.add_argument("--out", default=str(HERE / "qwen_harness_verdicts.json"))
     ap.add_argument("--workers", type=int, default=4)
+    ap.add_argument("--sandbox-root", default="/var/tmp", help="where the temporary run folder goes (not /tmp)")
     ap.add_argument("--wall", type=int, default=1800, help="overall wall-clock limit, seconds")
     ap.add_argument("cases", nargs="+")
     args = ap.parse_args()
 
     harness = Path(args.harness).resolve()
     cases = load_cases(args.cases)
-    with tempfile.TemporaryDirectory(prefix="qwen_harness_run_") as tmp:
+    # Outside /tmp: inside the sandbox a private, empty tmpfs is mounted over /tmp, so that what
+    # the harness's eval of model text writes there (the hostile cases write /tmp/asft_pwned) is
+    # lost with the sandbox.
+    with tempfile.TemporaryDirectory(prefix="qwen_harness_run_", dir=args.sandbox_root) as tmp:
         tmpd = Path(tmp)
         # The harness is copied so that nothing (no __pycache__) is written into the checkout.
         shutil.copytree(harness, tmpd / "h", ignore=shutil.ignore_patterns("data", "__pycache__", "*.jar"))
@@ -156,8 +160,14 @@ def main() -> None:
         cmd = [args.python, "-B", str(tmpd / "inner.py"), str(tmpd / "cases.json"),
                str(tmpd / "out.json"), str(args.workers)]
         unshare = shutil.which("unshare")
-        if unshare and subprocess.run([unshare, "-n", "-r", "true"], capture_output=True).returncode == 0:
-            cmd = [unshare, "-n", "-r"] + cmd  # no network inside
+        private_tmp = "mount -t tmpfs tmpfs /tmp && exec \"$@\""
+        if unshare and subprocess.run([unshare, "-r", "-m", "-n", "sh", "-c", private_tmp, "sh", "true"],
+                                      capture_output=True).returncode == 0:
+            # user + mount + network namespaces: no network, a private /tmp
+            cmd = [unshare, "-r", "-m", "-n", "sh", "-c", private_tmp, "sh"] + cmd
+            sandbox = "unshare -r -m -n, private tmpfs /tmp"
+        else:
+            sandbox = "no namespaces available: temporary cwd/HOME and rlimits only"
         proc = subprocess.run(cmd, cwd=work, env=env, timeout=args.wall, capture_output=True, text=True)
         if proc.returncode != 0:
             sys.stderr.write(proc.stdout[-4000:] + proc.stderr[-4000:])
@@ -175,6 +185,7 @@ def main() -> None:
         "extracted": {i: res[i]["pred"] for i in sorted(res)},
         # the gold as the harness compares it (parse_ground_truth for math)
         "gold_parsed": {i: res[i]["gold"] for i in sorted(res)},
+        "sandbox": sandbox,
         "timeouts": sorted(i for i in res if res[i].get("timeout")),
         "errors": {i: res[i]["error"] for i in sorted(res) if res[i].get("error")},
     }
@@ -184,6 +195,7 @@ def main() -> None:
           f"{len(doc['errors'])} errors -> {args.out}")
     if left:
         print(f"files the harness left in its working directory (deleted): {left}")
+    print("sandbox:", sandbox)
 
 
 if __name__ == "__main__":

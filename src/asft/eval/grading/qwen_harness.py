@@ -476,39 +476,76 @@ def math_equal(prediction, reference, include_percentage: bool = True, is_close:
 
 # ---------------------------------------------------------------- grader.py: symbolic_equal, safely
 
-_EXP_RE = re.compile(r"\^\s*(\{|\(|-?\d+)")
+_MAX_POWER_DIGITS = 2_000_000  # a power is built only if its value has at most ~this many digits
+
+
+def _group_end(s: str, i: int) -> int:
+    """Index of the bracket closing the one at ``s[i]`` (or ``len(s)``)."""
+    op = s[i]
+    cl = {"{": "}", "(": ")", "[": "]"}[op]
+    depth = 0
+    for j in range(i, len(s)):
+        depth += s[j] == op
+        depth -= s[j] == cl
+        if depth == 0:
+            return j
+    return len(s)
+
+
+def _small_exponent(body: str):
+    """The value of an exponent made of digits only (``16``) or of one small digit power
+    (``2^{16}``, ``2^16``), when it is at most 10**7; None otherwise."""
+    body = body.strip()
+    if re.fullmatch(r"-?\d{1,8}", body):
+        v = abs(int(body))
+        return v if v <= 10**7 else None
+    m = re.fullmatch(r"(\d{1,3})\^\{?(\d{1,2})\}?", body)
+    if m and int(m.group(2)) <= 24:
+        v = int(m.group(1)) ** int(m.group(2))
+        return v if v <= 10**7 else None
+    return None
 
 
 def _too_big(s: str) -> bool:
-    """True for text whose value could be huge or slow to build: refused before any parsing."""
+    """True for text whose value could be huge or slow to build: refused before any parsing (the
+    harness would try to build it). Never built here: an integer of more than about 2 million
+    digits, a power tower of more than two levels, a factorial over 1000 or of a bracket."""
     if len(s) > MAX_SYMBOLIC_CHARS:
         return True
     if re.search(r"\d{1001}", s):
         return True
-    for m in _EXP_RE.finditer(s):
-        tok = m.group(1)
-        if tok in "{(":
-            close = "}" if tok == "{" else ")"
-            depth, j = 0, m.end(1) - 1
-            while j < len(s):
-                depth += s[j] == tok
-                depth -= s[j] == close
-                if depth == 0:
-                    break
-                j += 1
-            body = s[m.end(1):j]
-            if "^" in body or "!" in body or "**" in body:
-                return True  # a power tower / factorial in an exponent
-            digits = re.findall(r"\d+", body)
-            if any(len(d) > 5 or int(d) > 10000 for d in digits):
-                return True
-        elif len(tok.lstrip("-")) > 5 or int(tok) > 10000:
+    for m in re.finditer(r"\^", s):
+        j = m.end()
+        while j < len(s) and s[j] == " ":
+            j += 1
+        if j >= len(s):
+            continue
+        if s[j] in "{(":
+            end = _group_end(s, j)
+            body = s[j + 1:end]
+        else:
+            body = re.match(r"-?\d+|\\?[A-Za-z]+|.", s[j:]).group(0)
+            end = j + len(body) - 1
+        if s[end + 1:].lstrip().startswith("^"):
+            return True  # a^b^c
+        if "!" in body or "**" in body:
             return True
-        rest = s[m.end():].lstrip()
-        if rest.startswith("^"):
+        if not re.search(r"\d", body):
+            continue  # a symbolic exponent
+        before = s[:m.start()].rstrip()
+        e = _small_exponent(body)
+        if e is None:
+            if "^" in body or re.search(r"\d{6}", body):
+                return True
+            nums = [int(x) for x in re.findall(r"\d+", body)]
+            e = sum(nums) * max(1, len(nums))  # a rough bound for a small expression
+        base = re.search(r"(\d+)\s*$", before)
+        if base is None and e > 1000:
+            return True  # (x+1)^{99999}, (2^{10})^{5000}: slow to expand or huge
+        if (len(base.group(1)) if base else 3) * e > _MAX_POWER_DIGITS:
             return True
     for m in re.finditer(r"(\d+)\s*!", s):
-        if len(m.group(1)) > 3 and int(m.group(1)) > 1000:
+        if len(m.group(1)) > 4 or int(m.group(1)) > 1000:
             return True
     if re.search(r"[)}\]]\s*!", s):
         return True  # a factorial of a bracketed expression: its size is unknown
@@ -516,19 +553,23 @@ def _too_big(s: str) -> bool:
 
 
 def _top_level_prefix(s: str) -> str:
-    """sympy's ``parse_latex`` stops at a comma outside any bracket (``7,5,3`` parses as 7,
-    ``10,080`` as 10080): the part it reads."""
+    """The part of ``s`` that sympy's ``parse_latex`` reads: it stops, without an error, at a comma
+    outside any bracket (``7,5,3`` reads as 7; ``10,080`` as 10080), at a closing bracket that
+    closes nothing (``\\frac{\\pi}{2})+`` reads as pi/2) and at ``\\sqrt(`` (``4\\sqrt(2)`` as 4)."""
     depth = 0
     for i, ch in enumerate(s):
+        if depth == 0 and s.startswith("\\sqrt(", i):
+            return s[:i]
         if ch in "([{":
             depth += 1
         elif ch in ")]}":
+            if depth == 0:
+                return s[:i]
             depth -= 1
         elif ch == "," and depth == 0:
             # parse_latex reads "10,080" as one number: a comma between digit groups is kept
-            if i > 0 and s[i - 1].isdigit() and re.match(r"\d{3}(?!\d)", s[i + 1:]):
-                continue
-            return s[:i]
+            if not (i > 0 and s[i - 1].isdigit() and re.match(r"\d{3}(?!\d)", s[i + 1:])):
+                return s[:i]
     return s
 
 
@@ -545,9 +586,12 @@ def _as_symbols(expr):
             subs[a] = sympy.Symbol("e")
         elif a == sympy.I:
             subs[a] = sympy.Symbol("i")
-    if not subs:
-        return expr
-    return expr.xreplace(subs)
+    if subs:
+        expr = expr.xreplace(subs)
+    if expr.has(sympy.exp):  # latex2sympy2_extended reads e^{x} as exp(x)
+        e = sympy.Symbol("e")
+        expr = expr.replace(sympy.exp, lambda arg: sympy.Pow(e, arg))
+    return expr
 
 
 def _evaluated(expr):
@@ -571,6 +615,45 @@ def _evaluated(expr):
 _MIXED = re.compile(r"(\d)(\s*)(\\[dt]?frac)")
 
 
+_NUM = r"\s*[-+]?\s*(?:\d+\.?\d*|\.\d+)\s*"
+_NUM_LIST = re.compile(_NUM + r"(?:," + _NUM + r")*,?")
+
+
+def _number_literal(t: str):
+    """What sympy ``parse_expr`` gives for a Python literal made of numbers only, computed without
+    evaluating anything: ``{1,2}`` -> a set, ``(1,2)`` / ``1,2`` -> a tuple, ``3`` -> a number
+    (exact ``Fraction`` values; equality between two literals is all the harness does with them).
+    None for any other text."""
+    from fractions import Fraction
+
+    t = t.strip()
+    kind = tuple
+    if t[:1] == "{" and t[-1:] == "}":
+        kind, t = frozenset, t[1:-1]
+    elif t[:1] == "(" and t[-1:] == ")":
+        t = t[1:-1]
+        if "," not in t:
+            kind = None
+    if not t.strip() or not _NUM_LIST.fullmatch(t) or len(t) > 500:
+        return None
+    vals = [Fraction(x.replace(" ", "")) for x in t.split(",") if x.strip()]
+    if kind is None or ("," not in t and kind is tuple):
+        return _Literal(vals[0]) if len(vals) == 1 else None
+    return _Literal(kind(vals))
+
+
+class _Literal:
+    """A parse_expr literal: compares equal only to an equal literal."""
+
+    def __init__(self, value):
+        self.value = value
+
+    def __eq__(self, other):
+        return isinstance(other, _Literal) and type(self.value) is type(other.value) and self.value == other.value
+
+    __hash__ = None
+
+
 def _parse(s: str):
     """grader.py ``symbolic_equal._parse``, without ``parse_expr``: the first of
     ``parse_latex(s.replace('\\\\\\\\', '\\\\'))``, ``parse_latex(s)``, ``latex2sympy(...)`` that
@@ -580,27 +663,35 @@ def _parse(s: str):
 
     cfg = ConversionConfig(interpret_as_mixed_fractions=False, interpret_simple_eq_as_assignment=False,
                            interpret_contains_as_eq=False, lowercase_symbols=False)
+    if not s.isascii():
+        return s  # neither parse_latex, parse_expr nor the bundled latex2sympy reads "−5" or "π"
+    # values that parse_latex and the bundled latex2sympy do not produce (intervals, sets, tuples)
+    unlike = (sympy.Set, sympy.Tuple)
     variants = [s.replace("\\\\", "\\"), s]
     for t in variants:  # parse_latex
         if "\\begin" in t:
             continue  # sympy's parse_latex has no matrices
         t = _top_level_prefix(t)
-        if not t.strip() or re.search(r"[\[\]]", t):
+        if not t.strip():
             continue
         try:
             v = latex2sympy(_MIXED.sub(r"\1\\cdot \3", t), normalization_config=None,
                             conversion_config=cfg)
         except Exception:
             continue
-        if isinstance(v, (sympy.Basic, sympy.MatrixBase)) and not isinstance(v, sympy.Set):
+        if isinstance(v, (sympy.Basic, sympy.MatrixBase)) and not isinstance(v, unlike):
             return _evaluated(_as_symbols(v))
+    for t in variants:  # parse_expr, only for literals of numbers (it evaluates any other text)
+        lit = _number_literal(t)
+        if lit is not None:
+            return lit
     for t in variants:  # the bundled latex2sympy
         try:
             v = latex2sympy(_MIXED.sub(r"\1\\cdot \3", t), normalization_config=None,
                             conversion_config=cfg)
         except Exception:
             continue
-        if isinstance(v, (sympy.Basic, sympy.MatrixBase)):
+        if isinstance(v, (sympy.Basic, sympy.MatrixBase)) and not isinstance(v, unlike):
             return _evaluated(v)
     return s
 
@@ -656,6 +747,8 @@ def _symbolic_equal(a_text: str, b_text: str) -> bool:
 
     a = _parse(a_text)
     b = _parse(b_text)
+    if isinstance(a, _Literal) or isinstance(b, _Literal):
+        return a == b
     if isinstance(a, str) or isinstance(b, str):
         # the harness compares str(a) == str(b); a parsed value never prints as unparsed text here
         return isinstance(a, str) and isinstance(b, str) and a == b
