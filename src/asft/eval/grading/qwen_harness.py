@@ -9,7 +9,7 @@ hands model text to sympy ``parse_expr``, which calls ``eval``): expressions are
 ``latex2sympy2_extended`` only, shaped to behave like the ``sympy.parsing.latex.parse_latex``
 the harness tries first, and compared with ``==``, ``equals``, ``simplify`` and ``N`` on parsed
 values. No model text reaches ``eval``/``exec``/``sympify``/``parse_expr``; parsed values are never
-printed or ``str()``-ed. See docs/grading-qwen-harness.md.
+printed or ``str()``-ed. See docs/grading.md ("The qwen_harness policy").
 
 Bounds (the harness has none): completions longer than ``MAX_COMPLETION_CHARS`` are cut to their
 last ``MAX_COMPLETION_CHARS`` characters before extraction; answers longer than
