@@ -32,3 +32,10 @@ def test_the_table_has_rows_where_the_policies_disagree():
 def test_each_row_is_what_the_policies_decide(completion, gold, harness, strict):
     assert is_correct(completion, gold, "qwen_harness") is harness
     assert is_correct(completion, gold, "strict") is strict
+
+
+def test_the_python_examples_run():
+    blocks = re.findall(r"```python\n(.*?)```", DOC.read_text(), re.S)
+    assert blocks
+    for block in blocks:
+        exec(compile(block, str(DOC), "exec"), {})  # our own documentation, not model text
