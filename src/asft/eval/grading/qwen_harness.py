@@ -186,6 +186,9 @@ _UNIT_TEXTS = [
 _UNIT_TEXTS = _UNIT_TEXTS + [t + "s" for t in _UNIT_TEXTS]
 # The harness builds r"(^|\W)" + unit + r"($|\W)" without escaping: "q ." etc. keep "." as any char.
 _UNIT_RES = [re.compile(r"(^|\W)" + u + r"($|\W)") for u in _UNIT_TEXTS]
+# Any of them: a string none matches is left as it is by the loop, so the loop is skipped (same
+# result, and most answers are numbers: 2,000 regex passes saved per call).
+_ANY_UNIT = re.compile(r"(^|\W)(?:" + "|".join(_UNIT_TEXTS) + r")($|\W)")
 
 
 def strip_string(string: str, skip_unit: bool = False) -> str:
@@ -209,7 +212,7 @@ def strip_string(string: str, skip_unit: bool = False) -> str:
     _string = re.sub(r"\\text{.*?}$", "", string).strip()
     if _string != "" and _string != string:
         string = _string
-    if not skip_unit:
+    if not skip_unit and _ANY_UNIT.search(string):
         for _ in range(2):
             for unit_re in _UNIT_RES:
                 _string = unit_re.sub(r"\1\2", string)
@@ -795,13 +798,35 @@ def grade(completion: str, gold: str) -> bool:
     on the gold, ``run_execute`` on the completion, ``math_eval.py``'s choice fix-up, then
     ``math_equal``. Any internal error is False."""
     try:
-        code = str(completion).rstrip()[-MAX_COMPLETION_CHARS:]
-        gt = parse_gold(gold)
-        pred = _strip_bounded(extract_answer(code, "math"))
-        if gt in _CHOICES and pred not in _CHOICES:
-            pred = _choice_answer_clean(code)
-        elif _is_multi_choice(gt) and not _is_multi_choice(pred):
-            pred = "".join(c for c in pred if c in _CHOICES)
-        return bool(math_equal(pred, gt))
+        return bool(math_equal(*_compared(completion, gold)))
     except Exception:
         return False
+
+
+def _compared(completion: str, gold: str) -> tuple[str, str]:
+    """(prediction, reference) as ``math_equal`` receives them."""
+    code = str(completion).rstrip()[-MAX_COMPLETION_CHARS:]
+    gt = parse_gold(gold)
+    pred = _strip_bounded(extract_answer(code, "math"))
+    if gt in _CHOICES and pred not in _CHOICES:
+        pred = _choice_answer_clean(code)
+    elif _is_multi_choice(gt) and not _is_multi_choice(pred):
+        pred = "".join(c for c in pred if c in _CHOICES)
+    return pred, gt
+
+
+def fast(completion: str, gold: str) -> bool | None:
+    """The verdict where ``math_equal`` decides before any CAS (equal strings, a choice letter, two
+    numbers), else None (the worker runs ``grade``, which takes the same path first). Pure Python: the
+    package calls it in the parent process, so most samples need no worker round trip."""
+    try:
+        pred, gt = _compared(completion, gold)
+        if pred is None or gt is None:
+            return None
+        if pred.strip().lower() == gt.strip().lower() or (gt in _CHOICES and _choice_answer_clean(pred) == gt):
+            return True
+        if max(len(pred), len(gt)) <= MAX_ANSWER_CHARS and _is_digit(pred) and _is_digit(gt):
+            return bool(math_equal(pred, gt))
+    except Exception:
+        return None
+    return None
