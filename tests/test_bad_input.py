@@ -313,7 +313,7 @@ def test_the_benchmark_reader_names_the_line_of_bad_bytes(tmp_path):
     ({"model": {"special_tokens": {"bos_token": ""}}}, "model.special_tokens: bos_token: the token text is empty"),
     ({"train": {"global_batch_size": 30, "per_device_batch_size": 4}},
      "train.global_batch_size: 30 is not a multiple of train.per_device_batch_size (4)"),
-    ({"eval": {"benchmarks": ["math500"]}}, "eval.benchmarks: unknown benchmark 'math500'; known: aime24"),
+    ({"eval": {"benchmarks": ["math500"]}}, "eval.benchmarks: unknown benchmark 'math500' (did you mean 'math_oai' (MATH-500)?); known: aime24"),
     ({"table": {"target": ["gsm8k"]}}, "table.target: 'gsm8k' is not in eval.benchmarks"),
     ({"loss": {"kl_weight": -1}}, "loss.kl_weight: Input should be greater than or equal to 0"),
 ])

@@ -4,12 +4,17 @@ A benchmark is mostly data: where its rows come from, which field holds the ques
 gold answer is read, and a version. File benchmarks ship in `data/benchmarks/<name>/test.jsonl`
 (byte-exact copies of the upstream harness files, see PROVENANCE.md there) and are checked
 against their sha256 on every load. Embedded benchmarks are the fixed test splits of the
-generated arithmetic tasks.
+generated arithmetic tasks. YAML benchmarks (`eval.include_path`, :func:`load_include_path`) are
+a user's jsonl files described by one YAML file each, as lm-evaluation-harness tasks are.
 """
 
 from __future__ import annotations
 
+import hashlib
+import json
+import os
 import random
+import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -74,6 +79,7 @@ class Benchmark:
     path: Path | None = None
     hub: HubSource | None = None
     multiple_choice: bool = False  # its problems carry `choices` (template choice, scoring choice_logprobs)
+    spec_file: Path | None = None  # the YAML file that defines it (eval.include_path); None for asft's own
 
     def settings(self) -> dict[str, Any]:
         """What enters an eval key: identity and version, not the loader code."""
@@ -95,15 +101,40 @@ def register(benchmark: Benchmark) -> Benchmark:
 
 
 def available_benchmarks() -> list[str]:
+    _load_env_include_path()
     return sorted(_REGISTRY)
 
 
 def get_benchmark(name: str) -> Benchmark:
+    if name not in _REGISTRY:
+        _load_env_include_path()
     try:
         return _REGISTRY[name]
     except KeyError:
-        hint = did_you_mean(name, _REGISTRY)
-        raise ValueError(f"unknown benchmark '{name}'{hint}; known: {', '.join(available_benchmarks())}") from None
+        raise ValueError(f"unknown benchmark '{name}'{benchmark_hint(name)}; "
+                         f"known: {', '.join(available_benchmarks())}") from None
+
+
+#: Names users type for a benchmark (normalised: lower case, letters and digits only) -> its name.
+#: Display names (MATH-500 -> math500) are matched too.
+ALIASES = {"math500": "math_oai", "hendrycksmath500": "math_oai", "mathoai": "math_oai", "aime2024": "aime24",
+           "amc2023": "amc23", "olympiad": "olympiadbench", "minerva": "minerva_math", "medqausmle": "medqa",
+           "mmlumed": "mmlu_medical"}
+
+
+def _normalised(name: object) -> str:
+    return re.sub(r"[^a-z0-9]", "", str(name).lower())
+
+
+def benchmark_hint(name: object) -> str:
+    """" (did you mean 'math_oai' (MATH-500)?)" for a near miss, an alias or a display name; "" otherwise."""
+    key = _normalised(name)
+    for bench in _REGISTRY.values():
+        if key and key in (_normalised(bench.name), _normalised(bench.display)):
+            return f" (did you mean '{bench.name}' ({bench.display})?)"
+    if key in ALIASES and ALIASES[key] in _REGISTRY:
+        return f" (did you mean '{ALIASES[key]}' ({_REGISTRY[ALIASES[key]].display})?)"
+    return did_you_mean(name, _REGISTRY)
 
 
 def _question(row: Mapping[str, Any], path: Path, index: int) -> str:
@@ -355,3 +386,226 @@ def load_problems(name: str, context: Mapping[str, Any] | None = None, limit: in
     return problems[:limit] if limit else problems
 
 
+
+
+# --- YAML benchmarks: eval.include_path ---------------------------------------------------------------
+
+#: The folders of YAML benchmarks loaded in this process, as absolute paths (os.pathsep-separated); set
+#: when the config is parsed, so that the jobs Snakemake starts register the same benchmarks.
+INCLUDE_PATH_ENV = "ASFT_BENCHMARK_PATH"
+YAML_FIELDS = {
+    "task": "the benchmark's name, as eval.benchmarks and table.* name it (letters, digits, _ . -)",
+    "display": "its column title in the table (default: the name)",
+    "version": "an integer you bump when the benchmark changes in a way its file does not show (default 1)",
+    "data_file": "the jsonl file of the problems, relative to the YAML file",
+    "sha256": "the expected sha256 of data_file (checked; optional)",
+    "doc_to_text": "the question: a row field, or a text with {{field}} placeholders",
+    "doc_to_target": "the row field of the gold answer (multiple choice: a letter, a 0-based index or the option)",
+    "doc_to_choice": "multiple choice only: the row field holding the options (a list, or a mapping letter -> option)",
+    "doc_to_solution": "the row field of a reference solution (optional; drift is measured on it)",
+    "description": "one line on what it is (asft ls benchmarks)",
+}
+_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
+_PLACEHOLDER = re.compile(r"\{\{\s*([^{}]+?)\s*\}\}")
+_YAML_LOADED: set[str] = set()  # folders already read from INCLUDE_PATH_ENV
+
+
+class YamlBenchmarkError(ValueError):
+    """A YAML benchmark file is wrong; the message names the file and the field."""
+
+
+def _field_name(value: object, where: str) -> str:
+    """A row field named bare (`answer`) or as a placeholder (`{{answer}}`)."""
+    if not isinstance(value, str) or not value.strip():
+        raise YamlBenchmarkError(f"{where}: give a row field name, e.g. answer")
+    match = _PLACEHOLDER.fullmatch(value.strip())
+    return match.group(1) if match else value.strip()
+
+
+def _row_value(row: Mapping[str, Any], field_name: str) -> Any:
+    return row.get(field_name)
+
+
+def _render(template: str, row: Mapping[str, Any], where: str) -> str:
+    """doc_to_text of a row: a bare field name, or a text with {{field}} placeholders."""
+    if not _PLACEHOLDER.search(template):
+        value = _row_value(row, template.strip())
+        if not isinstance(value, (str, int, float)) or str(value) == "":
+            raise YamlBenchmarkError(f"{where}: no text in field '{template.strip()}'; fields: {sorted(row)}")
+        return str(value)
+
+    def fill(match: re.Match) -> str:
+        value = _row_value(row, match.group(1))
+        if value is None:
+            raise YamlBenchmarkError(f"{where}: no field '{match.group(1)}'; fields: {sorted(row)}")
+        return str(value)
+
+    return _PLACEHOLDER.sub(fill, template)
+
+
+def _choice_gold(target: Any, options: list[str], where: str) -> str:
+    if isinstance(target, bool):
+        raise YamlBenchmarkError(f"{where}: the gold answer is a boolean")
+    if isinstance(target, int) and 0 <= target < len(options):
+        return LETTERS[target]
+    text = str(target).strip()
+    letters = LETTERS[: len(options)]
+    if len(text) == 1 and text.upper() in letters:
+        return text.upper()
+    if text in options:
+        return LETTERS[options.index(text)]
+    raise YamlBenchmarkError(f"{where}: gold answer {target!r} is neither an option letter ({', '.join(letters)}), "
+                             f"a 0-based index nor one of the options")
+
+
+def _yaml_problem(row: Mapping[str, Any], spec: Mapping[str, Any], where: str) -> Problem:
+    question = _render(spec["doc_to_text"], row, f"{where}: doc_to_text")
+    target_field = spec["doc_to_target"]
+    target = _row_value(row, target_field)
+    if target is None or str(target).strip() == "":
+        raise YamlBenchmarkError(f"{where}: doc_to_target: no gold answer in field '{target_field}'; "
+                                 f"fields: {sorted(row)}")
+    solution = _row_value(row, spec["doc_to_solution"]) if spec.get("doc_to_solution") else None
+    if isinstance(solution, list):
+        solution = solution[0] if solution else None
+    if not spec.get("doc_to_choice"):
+        return Problem(question, str(target), None if solution is None else str(solution))
+    raw = _row_value(row, spec["doc_to_choice"])
+    if isinstance(raw, Mapping):
+        raw = [raw[k] for k in sorted(raw)]
+    if not isinstance(raw, list) or not 2 <= len(raw) <= len(LETTERS):
+        raise YamlBenchmarkError(f"{where}: doc_to_choice: field '{spec['doc_to_choice']}' must hold 2 to "
+                                 f"{len(LETTERS)} options (a list, or a mapping letter -> option)")
+    options = [str(o) for o in raw]
+    gold = _choice_gold(target, options, f"{where}: doc_to_target")
+    choices = Choices(stem=question, options=tuple(options), gold=gold)
+    return Problem(choice_question(question, options), gold, choices=choices)
+
+
+def _read_yaml_spec(path: Path) -> dict[str, Any]:
+    import yaml
+
+    try:
+        spec = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError) as error:
+        raise YamlBenchmarkError(f"{path}: cannot read it ({error})") from None
+    except yaml.YAMLError as error:
+        raise YamlBenchmarkError(f"{path}: not valid YAML: {error}") from None
+    if not isinstance(spec, dict):
+        raise YamlBenchmarkError(f"{path}: expected a mapping of {', '.join(YAML_FIELDS)}")
+    for key in spec:
+        if key not in YAML_FIELDS:
+            raise YamlBenchmarkError(f"{path}: {key}: unknown field{did_you_mean(key, YAML_FIELDS)}; "
+                                     f"known: {', '.join(YAML_FIELDS)}")
+    for key in ("task", "data_file", "doc_to_text", "doc_to_target"):
+        if key not in spec or spec[key] in (None, ""):
+            raise YamlBenchmarkError(f"{path}: {key}: required ({YAML_FIELDS[key]})")
+    name = spec["task"]
+    if not isinstance(name, str) or not _NAME_RE.match(name):
+        raise YamlBenchmarkError(f"{path}: task: {name!r} is not a name (letters, digits, _ . -)")
+    if name.startswith("embedded_"):
+        raise YamlBenchmarkError(f"{path}: task: names starting with 'embedded_' are the embedded benchmarks'")
+    version = spec.get("version", 1)
+    if isinstance(version, bool) or not isinstance(version, int) or version < 0:
+        raise YamlBenchmarkError(f"{path}: version: an integer >= 0, got {version!r}")
+    for key in ("display", "description", "sha256", "data_file"):
+        if spec.get(key) is not None and not isinstance(spec[key], str):
+            raise YamlBenchmarkError(f"{path}: {key}: expected text, got {spec[key]!r}")
+    if not isinstance(spec["doc_to_text"], str) or not spec["doc_to_text"].strip():
+        raise YamlBenchmarkError(f"{path}: doc_to_text: {YAML_FIELDS['doc_to_text']}")
+    fields = {"task": name, "version": version, "doc_to_text": spec["doc_to_text"],
+              "doc_to_target": _field_name(spec["doc_to_target"], f"{path}: doc_to_target")}
+    for key in ("doc_to_choice", "doc_to_solution"):
+        if spec.get(key) is not None:
+            fields[key] = _field_name(spec[key], f"{path}: {key}")
+    return {**spec, **fields}
+
+
+def yaml_benchmark(path: Path) -> Benchmark:
+    """The benchmark a YAML file defines, its rows checked now (errors name the file, field and line).
+
+    Its `sha256` (what the eval key holds) covers the data file's bytes and how its rows are read
+    (doc_to_*), so editing either re-runs the evaluations of it."""
+    path = Path(path).resolve()
+    spec = _read_yaml_spec(path)
+    data = (path.parent / spec["data_file"]).resolve()
+    if not data.is_file():
+        raise YamlBenchmarkError(f"{path}: data_file: {data} does not exist")
+    file_sha = sha256_file(data)
+    if spec.get("sha256") and spec["sha256"].lower() != file_sha:
+        raise YamlBenchmarkError(f"{path}: sha256: {data} has sha256 {file_sha}, the YAML expects {spec['sha256']}")
+    try:
+        rows = read_jsonl_rows(data)
+    except ValueError as error:
+        raise YamlBenchmarkError(f"{path}: data_file: {error}") from None
+    if not rows:
+        raise YamlBenchmarkError(f"{path}: data_file: {data} holds no rows")
+    reading = {k: spec.get(k) for k in ("doc_to_text", "doc_to_target", "doc_to_choice", "doc_to_solution")}
+    for index, row in enumerate(rows):
+        _yaml_problem(row, reading, f"{path}: {data.name} line {index + 1}")
+    digest = hashlib.sha256(json.dumps({"data_sha256": file_sha, **reading}, sort_keys=True).encode()).hexdigest()
+
+    def load(_: Mapping[str, Any]) -> list[Problem]:
+        return [_yaml_problem(row, reading, f"{path}: {data.name} line {i + 1}")
+                for i, row in enumerate(read_checked_jsonl(data, file_sha))]
+
+    return Benchmark(name=spec["task"], display=spec.get("display") or spec["task"], version=spec["version"],
+                     load_rows=load, sha256=digest, path=data, multiple_choice=bool(spec.get("doc_to_choice")),
+                     spec_file=path)
+
+
+def describe_benchmark(bench: Benchmark) -> str:
+    """One line on a benchmark (asft ls benchmarks)."""
+    if bench.spec_file is not None:
+        import yaml
+
+        text = (yaml.safe_load(bench.spec_file.read_text(encoding="utf-8")) or {}).get("description")
+        return f"{text or bench.display} (YAML: {bench.spec_file})"
+    if bench.hub is not None:
+        subsets = [s for s in bench.hub.subsets if s]
+        return f"{bench.display}: hub {bench.hub.repo} ({bench.hub.split}{', ' + str(len(subsets)) + ' subjects' if subsets else ''})"
+    if bench.path is not None:
+        return f"{bench.display}: data/benchmarks/{bench.path.parent.name}/{bench.path.name}, sha256-checked"
+    return f"{bench.display}: embedded test split (generated)"
+
+
+def load_include_path(folders: list[str | Path]) -> list[str]:
+    """Register the benchmark of every `*.yaml`/`*.yml` file in the folders; returns their names.
+
+    A file that is loaded again replaces its own benchmark (its content may have changed); a name
+    that a built-in benchmark or another file already has is an error naming both. The folders are
+    added to INCLUDE_PATH_ENV, so the jobs this process starts see the same benchmarks."""
+    names: list[str] = []
+    seen: dict[str, Path] = {}
+    for folder in folders:
+        folder = Path(folder).resolve()
+        if not folder.is_dir():
+            raise YamlBenchmarkError(f"{folder} is not a folder")
+        files = sorted([*folder.glob("*.yaml"), *folder.glob("*.yml")])
+        if not files:
+            raise YamlBenchmarkError(f"{folder} holds no *.yaml benchmark file")
+        for file in files:
+            bench = yaml_benchmark(file)
+            existing = _REGISTRY.get(bench.name)
+            if bench.name in seen:
+                raise YamlBenchmarkError(f"{file}: task: '{bench.name}' is also defined by {seen[bench.name]}")
+            if existing is not None and existing.spec_file is None:
+                raise YamlBenchmarkError(f"{file}: task: '{bench.name}' is a built-in benchmark; choose another name")
+            if existing is not None and existing.spec_file != bench.spec_file:
+                raise YamlBenchmarkError(f"{file}: task: '{bench.name}' is also defined by {existing.spec_file}")
+            seen[bench.name] = file
+            _REGISTRY[bench.name] = bench
+            names.append(bench.name)
+        known = [p for p in os.environ.get(INCLUDE_PATH_ENV, "").split(os.pathsep) if p]
+        if str(folder) not in known:
+            os.environ[INCLUDE_PATH_ENV] = os.pathsep.join([*known, str(folder)])
+        _YAML_LOADED.add(str(folder))
+    return names
+
+
+def _load_env_include_path() -> None:
+    """In a job: the YAML benchmarks of the folders the parse named (INCLUDE_PATH_ENV), once."""
+    folders = [p for p in os.environ.get(INCLUDE_PATH_ENV, "").split(os.pathsep) if p and p not in _YAML_LOADED]
+    if folders:
+        _YAML_LOADED.update(folders)
+        load_include_path(folders)

@@ -77,7 +77,7 @@ def check_arguments(
         raise ValueError(f"kl_weight must be >= 0, got {kl_weight!r}")
     if kl_weight > 0 and not spec.uses_kl:
         registered = [get_mode(name) for name in available_modes()]
-        anchored = [m.name for m in registered if m.uses_kl and m.weight_fn is spec.weight_fn]
+        anchored = [m.name for m in registered if m.uses_kl and m.function is spec.function]
         hint = (
             f"use mode {anchored[0]!r} for {spec.name!r} plus kl_weight * KL"
             if anchored

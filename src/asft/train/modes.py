@@ -30,9 +30,17 @@ extension modes from the fork doub7e/token-SFT.) The weight functions use tensor
 
 from __future__ import annotations
 
+import dataclasses
+import hashlib
+import importlib
+import importlib.util
 import inspect
+import os
+import sys
+import warnings
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from pathlib import Path
 from types import MappingProxyType
 from typing import TYPE_CHECKING
 
@@ -46,9 +54,12 @@ __all__ = [
     "IGNORE_INDEX",
     "KL_DIRECTIONS",
     "LossMode",
+    "PluginSource",
     "TokenStats",
     "available_modes",
+    "ensure_plugin",
     "get_mode",
+    "load_plugin",
     "register_mode",
 ]
 
@@ -82,20 +93,41 @@ WeightFn = Callable[..., "Tensor"]
 
 
 @dataclass(frozen=True)
+class PluginSource:
+    """Where a user's mode comes from: the plugin as the config names it and the sha256 of its source.
+
+    ``plugin`` and ``sha256`` enter the train key (editing the plugin re-trains its modes); ``path``
+    says where the train job loads it from (a ``.py`` file, or the ``sys.path`` folder of a module)."""
+
+    plugin: str  # a module name (my_project.my_modes) or a .py file's name (my_modes.py)
+    sha256: str  # of the plugin's file(s) and of the modules its lazily named functions live in
+    path: str  # the .py file, or the folder a module is imported from; not part of any key
+
+
+@dataclass(frozen=True)
 class LossMode:
     """A registered loss mode: its weight function and what it needs from the caller."""
 
     name: str
-    weight_fn: WeightFn  # (TokenStats, **hparams) -> detached weights (N,)
+    function: WeightFn | str  # (TokenStats, **hparams) -> detached weights (N,), or "module:function" (lazy)
     uses_kl: bool  # the loss adds kl_weight * KL(. || .) over the full vocabulary
     needs_ref_probs: bool  # the weights read TokenStats.ref_p_target
     batch_level: bool  # a token's weight depends on the other tokens of the call (e.g. top-k, median)
     defaults: Mapping[str, object]  # hyper-parameters and their (upstream) defaults
+    description: str = ""  # one line (`asft ls modes`): the function's docstring or register_mode's
+    source: PluginSource | None = None  # None: registered by asft itself (or outside a config plugin)
 
     @property
     def needs_reference(self) -> bool:
         """Whether the caller must provide the reference model's logits / hidden states."""
         return self.uses_kl or self.needs_ref_probs
+
+    @property
+    def weight_fn(self) -> WeightFn:
+        """The weight function; a lazily named one ("module:function") is imported here, on first use."""
+        if callable(self.function):
+            return self.function
+        return _resolve(self.name, self.function, self.defaults)
 
     def resolve_hparams(self, hparams: Mapping[str, object]) -> dict[str, object]:
         """The mode's defaults updated with ``hparams``; an unknown name raises ValueError."""
@@ -114,31 +146,101 @@ class LossMode:
 
 
 _MODES: dict[str, LossMode] = {}
+_RESOLVED: dict[str, WeightFn] = {}  # "module:function" -> the function
+_LOADING: list[str] = []  # the plugin being imported (load_plugin), innermost last
+
+
+def _signature_defaults(name: str, fn: WeightFn) -> MappingProxyType:
+    params = list(inspect.signature(fn).parameters.values())
+    hparams = params[1:]
+    if not params or any(p.kind is not inspect.Parameter.KEYWORD_ONLY for p in hparams):
+        raise TypeError(f"weight function of {name!r} must be fn(stats, *, hparam=default, ...)")
+    if any(p.default is inspect.Parameter.empty for p in hparams):
+        raise TypeError(f"every hyper-parameter of loss mode {name!r} needs a default")
+    return MappingProxyType({p.name: p.default for p in hparams})
+
+
+def _resolve(name: str, target: str, defaults: Mapping[str, object]) -> WeightFn:
+    """Import the lazily named weight function of mode ``name`` and check it takes its hyper-parameters."""
+    if target not in _RESOLVED:
+        module_name, _, attr = target.partition(":")
+        try:
+            fn = getattr(importlib.import_module(module_name), attr)
+        except (ImportError, AttributeError) as error:
+            raise ValueError(f"loss mode {name!r}: cannot import its weight function {target!r}: {error}") from None
+        found = dict(_signature_defaults(name, fn))
+        if set(found) != set(defaults):
+            raise TypeError(f"loss mode {name!r}: {target} takes hyper-parameters {sorted(found)}, but it was "
+                            f"registered with {sorted(defaults)}")
+        _RESOLVED[target] = fn
+    return _RESOLVED[target]
+
+
+def _first_line(text: str | None) -> str:
+    return (inspect.cleandoc(text).strip().splitlines() or [""])[0] if text else ""
 
 
 def register_mode(
-    name: str, *, uses_kl: bool = False, needs_ref_probs: bool = False, batch_level: bool = False
-) -> Callable[[WeightFn], WeightFn]:
-    """Register a weight function as loss mode ``name``; returns the function unchanged (so decorators stack).
+    name: str,
+    function: WeightFn | str | None = None,
+    *,
+    uses_kl: bool = False,
+    needs_ref_probs: bool = False,
+    batch_level: bool = False,
+    hparams: Mapping[str, object] | None = None,
+    description: str | None = None,
+) -> Callable[[WeightFn], WeightFn] | WeightFn | LossMode:
+    """Register a weight function as loss mode ``name``.
 
-    The function takes a :class:`TokenStats` as its only positional argument; its keyword-only
-    parameters, all with defaults, are the mode's hyper-parameters. A duplicate name raises ValueError.
+    Three forms:
+
+    - ``@register_mode("name")`` decorates ``fn(stats, *, hparam=default, ...)``: the function takes a
+      :class:`TokenStats` as its only positional argument; its keyword-only parameters, all with
+      defaults, are the mode's hyper-parameters. Returns the function unchanged (decorators stack).
+    - ``register_mode("name", fn)`` does the same without the decorator syntax.
+    - ``register_mode("name", "my_pkg.weights:focal", hparams={"gamma": 2.0})`` registers a function
+      that is imported only when the mode's weights are first computed (in the train job). A plugin
+      whose weight functions need ``torch`` at import time uses this form, so that parsing the
+      workflow stays light; ``hparams`` must name the function's keyword-only parameters.
+
+    A duplicate name raises ValueError (a config plugin that is loaded again replaces its own modes).
     """
+    owner = _LOADING[-1] if _LOADING else None
 
-    def decorator(fn: WeightFn) -> WeightFn:
-        if name in _MODES:
-            raise ValueError(f"loss mode {name!r} is already registered")
-        params = list(inspect.signature(fn).parameters.values())
-        hparams = params[1:]
-        if not params or any(p.kind is not inspect.Parameter.KEYWORD_ONLY for p in hparams):
-            raise TypeError(f"weight function of {name!r} must be fn(stats, *, hparam=default, ...)")
-        if any(p.default is inspect.Parameter.empty for p in hparams):
-            raise TypeError(f"every hyper-parameter of loss mode {name!r} needs a default")
-        defaults = MappingProxyType({p.name: p.default for p in hparams})
-        _MODES[name] = LossMode(name, fn, uses_kl, needs_ref_probs, batch_level, defaults)
-        return fn
+    def add(fn: WeightFn | str) -> LossMode:
+        existing = _MODES.get(name)
+        if existing is not None and not (owner and existing.source and existing.source.plugin == owner):
+            where = f" by plugin {existing.source.plugin!r}" if existing.source else ""
+            raise ValueError(f"loss mode {name!r} is already registered{where}")
+        if isinstance(fn, str):
+            module_name, sep, attr = fn.partition(":")
+            if not (module_name and sep and attr):
+                raise ValueError(f"loss mode {name!r}: a lazily named weight function is 'module:function', "
+                                 f"got {fn!r}")
+            defaults = MappingProxyType(dict(hparams or {}))
+            text = description or ""
+        else:
+            if hparams is not None:
+                raise TypeError(f"loss mode {name!r}: hparams= is for a lazily named function; a function's "
+                                "keyword-only parameters are its hyper-parameters")
+            defaults = _signature_defaults(name, fn)
+            text = description or _first_line(fn.__doc__)
+        source = existing.source if existing is not None else None
+        mode = LossMode(name, fn, uses_kl, needs_ref_probs, batch_level, defaults, text, source)
+        _MODES[name] = mode
+        if owner:
+            _REGISTERED_BY.setdefault(owner, []).append(name)
+        return mode
 
-    return decorator
+    if function is None:
+
+        def decorator(fn: WeightFn) -> WeightFn:
+            add(fn)
+            return fn
+
+        return decorator
+    mode = add(function)
+    return function if callable(function) else mode
 
 
 def get_mode(mode: str | LossMode) -> LossMode:
@@ -155,6 +257,147 @@ def get_mode(mode: str | LossMode) -> LossMode:
 def available_modes() -> tuple[str, ...]:
     """Names of the registered loss modes, in registration order."""
     return tuple(_MODES)
+
+
+# --------------------------------------------------------------------------------------------------
+# Plugins: the user's modules that register modes (the config's `plugins:`)
+# --------------------------------------------------------------------------------------------------
+
+_PLUGINS: dict[str, tuple[PluginSource, tuple[Path, ...]]] = {}  # plugin name -> its source and files
+_REGISTERED_BY: dict[str, list[str]] = {}  # plugin name -> the modes it registered
+
+
+def _is_file_entry(entry: str) -> bool:
+    return entry.endswith(".py") or "/" in entry or os.sep in entry
+
+
+def _digest(files: list[Path]) -> str:
+    digest = hashlib.sha256()
+    for file in sorted(set(files), key=str):
+        digest.update(file.name.encode() + b"\0" + hashlib.sha256(file.read_bytes()).hexdigest().encode() + b"\n")
+    return digest.hexdigest()
+
+
+def _module_files(module_name: str) -> list[Path]:
+    """The source files of a module (a package: every .py file under it), found without importing it
+    (a submodule's parent packages are imported, as Python must)."""
+    try:
+        spec = importlib.util.find_spec(module_name)
+    except (ImportError, ValueError):
+        spec = None
+    if spec is None or not spec.origin or not spec.origin.endswith(".py"):
+        return []
+    origin = Path(spec.origin)
+    if spec.submodule_search_locations:  # a package
+        return sorted(origin.parent.rglob("*.py"))
+    return [origin]
+
+
+def _lazy_files(plugin: str) -> list[Path]:
+    """The files of the modules the plugin's lazily named weight functions live in."""
+    files: list[Path] = []
+    for name in _REGISTERED_BY.get(plugin, []):
+        mode = _MODES.get(name)
+        if mode is not None and isinstance(mode.function, str):
+            files += _module_files(mode.function.partition(":")[0])
+    return files
+
+
+def _import_root(module_name: str, origin: Path) -> Path:
+    """The sys.path folder a module was imported from: `a/b/c.py` for `a.b.c` -> the folder above `a`."""
+    depth = module_name.count(".") + (1 if origin.name == "__init__.py" else 0)
+    return origin.parents[depth]
+
+
+def _plugin_identity(entry: str, path: str | None) -> tuple[str, str, Path | None]:
+    """(name, cache key, file) of a plugin: a .py file is named by its file name and cached by its
+    resolved path; a module by its name."""
+    if _is_file_entry(entry):
+        file = Path(path or entry).resolve()
+        return file.name, str(file), file
+    return entry, entry, None
+
+
+def load_plugin(entry: str, *, path: str | None = None) -> PluginSource:
+    """Import a plugin (a module name or a ``.py`` file) so that the modes it registers exist; returns
+    its source. Loading it again is a no-op unless its files changed (then it runs again and its modes
+    are replaced). ``path``: the file, or the folder to import the module from, when it is not
+    importable as it is (the train job, run from another folder)."""
+    name, cache_key, file = _plugin_identity(entry, path)
+    cached = _PLUGINS.get(cache_key)
+    if cached is not None:
+        source, files = cached
+        try:
+            if _digest(list(files)) == source.sha256:
+                return source
+        except OSError:
+            pass
+    torch_before = "torch" in sys.modules
+    _LOADING.append(name)
+    _REGISTERED_BY.pop(name, None)
+    try:
+        if file is not None:
+            if not file.is_file():
+                raise ValueError(f"plugin file {entry!r} does not exist ({file})")
+            module_name = f"asft_plugins.{file.stem}_{hashlib.sha256(str(file).encode()).hexdigest()[:8]}"
+            spec = importlib.util.spec_from_file_location(module_name, file)
+            module = importlib.util.module_from_spec(spec)
+            if str(file.parent) not in sys.path:  # its sibling modules (lazily named functions) import too
+                sys.path.append(str(file.parent))
+            sys.modules[module_name] = module
+            spec.loader.exec_module(module)
+            files, where = [file], file
+        else:
+            for folder in ([path] if path else []) + [os.getcwd()]:
+                if importlib.util.find_spec(entry.partition(".")[0]) is None and folder not in sys.path:
+                    sys.path.insert(0, folder)  # as `python -m` would: the working folder is importable
+            if entry in sys.modules and cached is not None:
+                module = importlib.reload(sys.modules[entry])
+            else:
+                module = importlib.import_module(entry)
+            if name not in _REGISTERED_BY:  # imported before it was a plugin: the modes of its own functions
+                _REGISTERED_BY[name] = [m.name for m in _MODES.values() if m.source is None and (
+                    getattr(m.function, "__module__", None) == entry)]
+            origin = Path(module.__file__ or "")
+            files = _module_files(entry) or [origin]
+            where = _import_root(entry, origin)
+    except ModuleNotFoundError as error:
+        raise ValueError(f"plugin {entry!r}: cannot import it ({error}); give a module importable from the "
+                         "working folder or PYTHONPATH, or the path of a .py file") from None
+    except (SyntaxError, ImportError) as error:
+        raise ValueError(f"plugin {entry!r}: {type(error).__name__}: {error}") from None
+    finally:
+        _LOADING.pop()
+    files = [*files, *_lazy_files(name)]
+    source = PluginSource(plugin=name, sha256=_digest(files), path=str(where))
+    for mode_name in _REGISTERED_BY.get(name, []):
+        _MODES[mode_name] = dataclasses.replace(_MODES[mode_name], source=source)
+    _PLUGINS[cache_key] = (source, tuple(files))
+    if not torch_before and "torch" in sys.modules:
+        warnings.warn(f"plugin {entry!r} imports torch when it is imported, which makes parsing the workflow "
+                      "slow; import torch inside the weight function, or register it lazily: "
+                      "register_mode(name, 'module:function', hparams={...})", stacklevel=2)
+    return source
+
+
+def plugin_modes(source: PluginSource) -> tuple[str, ...]:
+    """The modes a loaded plugin registered."""
+    return tuple(_REGISTERED_BY.get(source.plugin, ()))
+
+
+def ensure_plugin(mode: str, plugin: str, sha256: str, path: str | None) -> LossMode:
+    """In a job: load the plugin that registers ``mode`` (from ``path`` when given) and check that it is
+    the code the run's key was made with."""
+    try:
+        source = load_plugin(plugin, path=path)
+    except ValueError as error:
+        raise ValueError(f"loss mode {mode!r} comes from plugin {plugin!r}, which cannot be loaded: {error}") from None
+    if mode not in plugin_modes(source):
+        raise ValueError(f"plugin {plugin!r} no longer registers loss mode {mode!r}")
+    if source.sha256 != sha256:
+        raise ValueError(f"plugin {plugin!r} changed since the plan was made (sha256 {source.sha256[:12]}, the "
+                         f"run's key has {sha256[:12]}); run the workflow again so that the plan sees the new code")
+    return _MODES[mode]
 
 
 # --------------------------------------------------------------------------------------------------

@@ -10,11 +10,11 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Literal
 
-from pydantic import Field
+from pydantic import Field, model_validator
 
 from asft.core.settings import Runtime, StageSettings
 from asft.embedded.spec import EmbeddedBaseSpec
-from asft.train.modes import get_mode
+from asft.train.modes import ensure_plugin, get_mode
 
 # --- model ---------------------------------------------------------------------------------------
 
@@ -124,6 +124,18 @@ class LoraSettings(StageSettings):
     target_modules: list[str]
 
 
+class ModeSource(StageSettings):
+    """Where a user's loss mode comes from (a config plugin, asft.train.modes.load_plugin): its name and
+    the sha256 of its code enter the train key, so editing the plugin re-trains its modes."""
+
+    plugin: str
+    sha256: str
+    path: str | None = None  # where the job loads it from: not in the key (keys do not depend on folders)
+
+    def key_payload(self) -> dict[str, Any]:
+        return {"plugin": self.plugin, "sha256": self.sha256}
+
+
 class TrainSettings(StageSettings):
     """One training run: the loss mode, its hyper-parameters, the optimisation and the seed."""
 
@@ -150,8 +162,9 @@ class TrainSettings(StageSettings):
     # bf16 base. Before bf16_pure existed full fine-tuning in "bf16" stepped bf16 weights: the
     # distinct name keeps such runs from ever being reused.
     precision: Literal["fp32", "bf16", "bf16_mixed", "bf16_pure"] = "fp32"
+    mode_source: ModeSource | None = None  # a mode of a config plugin; None for asft's own modes
 
-    key_omits = {"warmup_ratio": None}  # absent unless set, so keys made before the option hold
+    key_omits = {"warmup_ratio": None, "mode_source": None}  # absent unless set, so older keys hold
     key_value_names = {"normalize": {"microbatch_mean": "microbatch_tokens"}}  # its name in older keys
 
     @classmethod
@@ -161,8 +174,18 @@ class TrainSettings(StageSettings):
         belong to it (they enter only the runs whose loss has a KL term, so changing kl_weight leaves
         sft and dft untouched) and fills in the mode's hyper-parameter defaults."""
         spec = get_mode(mode)
+        source = None if spec.source is None else ModeSource(**vars(spec.source))
         return cls(mode=mode, hparams={**spec.defaults, **hparams}, kl_weight=kl_weight if spec.uses_kl else 0.0,
-                   kl_direction=kl_direction if spec.uses_kl else None, **fields)
+                   kl_direction=kl_direction if spec.uses_kl else None, mode_source=source, **fields)
+
+    @model_validator(mode="after")
+    def _plugin_loaded(self) -> TrainSettings:
+        """A plugin's mode exists wherever these settings are read (the train job, a torchrun worker):
+        its plugin is loaded here and checked against the sha256 of the key."""
+        if self.mode_source is not None:
+            source = self.mode_source
+            ensure_plugin(self.mode, source.plugin, source.sha256, source.path)
+        return self
 
 
 class TrainRuntime(Runtime):

@@ -227,9 +227,15 @@ class EvalConfig(_Strict):
         "table's main numbers, the others shown beside them; null: the protocol's (paper: qwen_harness, else strict). "
         "A change re-runs only scoring and the table, never generation.",
     )
+    include_path: list[str] = Field(
+        default_factory=list,
+        description="Folders of YAML benchmarks: each *.yaml there names a jsonl file and its fields (task, "
+        "data_file, doc_to_text, doc_to_target, doc_to_choice, version, display; docs/extending.md), registered "
+        "like the built-in benchmarks before eval.benchmarks is checked.",
+    )
     benchmarks: list[str] = Field(
         default_factory=lambda: ["embedded_mul", "embedded_add", "embedded_sub"],
-        description="Registered benchmark names (asft.eval.benchmarks).",
+        description="Registered benchmark names (asft.eval.benchmarks; asft ls benchmarks).",
     )
     template: Literal["plain", "alpaca", "chat", "cot", "choice"] = Field(
         "plain", description="Prompt format; choice: upstream's multiple-choice prompt "
@@ -250,6 +256,17 @@ class EvalConfig(_Strict):
     )
     batch_size: int = Field(256, ge=1, description="Prompts per generate call. Not in the key.")
     tensor_parallel: int = Field(1, ge=1, description="vLLM tensor parallel size. Not in the key.")
+
+    @field_validator("include_path")
+    @classmethod
+    def _yaml_benchmarks(cls, folders: list[str]) -> list[str]:
+        from asft.eval.benchmarks import load_include_path
+
+        try:
+            load_include_path(folders)
+        except ValueError as error:
+            raise ValueError(f"eval.include_path: {error}") from None
+        return folders
 
     @field_validator("grading")
     @classmethod
@@ -304,6 +321,12 @@ class Config(_Strict):
         description="Training sets; one run per (train set, mode, seed).",
     )
     tokenize: TokenizeConfig = Field(default_factory=TokenizeConfig)
+    plugins: list[str] = Field(
+        default_factory=list,
+        description="Python modules (my_project.my_modes) or .py files that register loss modes with "
+        "asft.train.modes.register_mode; imported when the config is parsed and by the train job. A mode's plugin "
+        "name and the sha256 of its code enter the train key (docs/extending.md).",
+    )
     modes: list[str] = Field(default_factory=lambda: ["sft", "dft", "sft+kl", "asft"], description="Loss modes.")
     seeds: list[int] = Field(default_factory=lambda: [0, 1], description="Fine-tuning seeds.")
     loss: LossConfig = Field(default_factory=LossConfig)
@@ -315,6 +338,20 @@ class Config(_Strict):
     evaluate_base: bool = Field(True, description="Also evaluate the untouched base model (a 'base' row).")
     table: TableConfig = Field(default_factory=TableConfig)
     resources: ResourcesConfig = Field(default_factory=ResourcesConfig)
+
+    @field_validator("plugins")
+    @classmethod
+    def _load_plugins(cls, plugins: list[str]) -> list[str]:
+        from asft.train.modes import load_plugin
+
+        for entry in plugins:
+            try:
+                load_plugin(entry)
+            except (ValueError, TypeError) as error:
+                raise ValueError(f"plugins: {error}") from None
+            except Exception as error:  # the user's module failed while it was imported
+                raise ValueError(f"plugins: {entry!r} raised {type(error).__name__}: {error}") from None
+        return plugins
 
     @field_validator("modes")
     @classmethod
@@ -352,12 +389,12 @@ class Config(_Strict):
 
     @model_validator(mode="after")
     def _cross_checks(self) -> Config:
-        from asft.eval.benchmarks import available_benchmarks
+        from asft.eval.benchmarks import available_benchmarks, benchmark_hint
         from asft.train.modes import get_mode
 
         for bench in self.eval.benchmarks:
             if bench not in available_benchmarks():
-                hint = did_you_mean(bench, available_benchmarks())
+                hint = benchmark_hint(bench)
                 raise ValueError(
                     f"eval.benchmarks: unknown benchmark '{bench}'{hint}; known: {', '.join(available_benchmarks())}"
                 )
