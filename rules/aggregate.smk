@@ -9,12 +9,17 @@ localrules:
 rule aggregate:
     input:
         scores=score_manifests,
+        train=train_manifests,
     output:
-        csv=report(f"results/tables/{TABLE_KEY}/table.csv", caption="../report/table.rst", category="Results"),
+        html=report(f"results/tables/{TABLE_KEY}/table.html", caption="../report/table_html.rst", category="Results"),
+        csv=report(f"results/tables/{TABLE_KEY}/table.csv", caption="../report/table_csv.rst", category="Results"),
         md=f"results/tables/{TABLE_KEY}/table.md",
         tex=f"results/tables/{TABLE_KEY}/table.tex",
         runs=f"results/tables/{TABLE_KEY}/runs.csv",
         png=report(f"results/tables/{TABLE_KEY}/table.png", caption="../report/table.rst", category="Results"),
+        pdf=f"results/tables/{TABLE_KEY}/table.pdf",
+        curves=report(f"results/tables/{TABLE_KEY}/curves.png", caption="../report/all_curves.rst", category="Results"),
+        curves_pdf=f"results/tables/{TABLE_KEY}/curves.pdf",
         config=report(
             f"results/tables/{TABLE_KEY}/config.yaml", caption="../report/config.rst", category="Configuration"
         ),
@@ -27,6 +32,7 @@ rule aggregate:
         "../envs/light.yaml"
     params:
         rows=PLAN.eval_rows(),
+        train_rows=PLAN.train_rows(),
         benchmarks=CFG.eval.benchmarks,
         target=CFG.table.target,
         retention=CFG.table.retention,

@@ -61,11 +61,16 @@ def score_manifests(wildcards):
     return [f"results/score/{key}/manifest.json" for key in PLAN.keys("score")]
 
 
+def train_manifests(wildcards):
+    """The training runs of the table (their metrics.jsonl make the aggregate's curves.png)."""
+    return [f"results/train/{key}/manifest.json" for key in PLAN.keys("train")]
+
+
 TABLE_KEY = PLAN.table_key()
 
 
 #: Files of the keyed table folder that `publish` copies to results/ under fixed names.
-PUBLISHED = ["table.csv", "table.md", "table.tex", "runs.csv", "table.png"]
+PUBLISHED = ["table.csv", "table.md", "table.html", "table.tex", "runs.csv", "table.png", "curves.png"]
 
 
 def final_outputs():

@@ -1,4 +1,5 @@
-"""The `aggregate` stage: the results table, per-run rows, a bar chart and a LaTeX table.
+"""The `aggregate` stage: the results table (csv, markdown, HTML, LaTeX), per-run rows, and the figures
+(the comparison of the modes and every run's training curves, asft.eval.figures).
 
 Per run (train set, mode, seed): the accuracy on each benchmark, the mean over the target
 benchmarks (the new task), the mean over the retention benchmarks (what the base knew), and the
@@ -13,6 +14,7 @@ that mean is shown beside the printed value.
 
 from __future__ import annotations
 
+import html
 import json
 import math
 import re
@@ -89,6 +91,22 @@ def run_rows(eval_rows: Sequence[Mapping[str, Any]], scores: Mapping[str, Mappin
         run["drift"] = 0.0 if run["mode"] == "base" else _mean(drifts)
         rows.append(run)
     return pd.DataFrame(rows)
+
+
+def ordered_runs(runs: pd.DataFrame, benchmarks: Sequence[str], mode_order: Sequence[str] = ()) -> pd.DataFrame:
+    """The per-run rows in a fixed column order (train set, mode, seed, grading, the benchmarks in the
+    configured order, target, retention, drift), seeds as integers (the base model's: empty), and rows
+    in the table's order (the base, then per train set the modes in the configured order, by seed)."""
+    first = [c for c in ("train_set", "mode", "seed", "grading") if c in runs]
+    metrics = [*benchmarks, "target", "retention", "drift"]
+    runs = runs.reindex(columns=[*first, *metrics, *[c for c in runs.columns if c not in {*first, *metrics}]])
+    seeds = [None if s is None or (isinstance(s, float) and math.isnan(s)) else int(s) for s in runs["seed"]]
+    runs["seed"] = pd.array(seeds, dtype="Int64")
+    order = {mode: i for i, mode in enumerate(["base", *mode_order])}
+    sort_key = [(mode != "base", _natural_key(str(train_set)), order.get(mode, len(order)), str(mode),
+                 -1 if seed is None else seed)
+                for train_set, mode, seed in zip(runs["train_set"], runs["mode"], seeds)]
+    return runs.iloc[sorted(range(len(runs)), key=sort_key.__getitem__)].reset_index(drop=True)
 
 
 def summary_table(runs: pd.DataFrame, benchmarks: Sequence[str], mode_order: Sequence[str]) -> pd.DataFrame:
@@ -231,37 +249,18 @@ def latex_table(table: pd.DataFrame, benchmarks: Sequence[str]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def bar_chart(table: pd.DataFrame, path: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    labels = [m if t == "-" else f"{m}\n{t}" for t, m in zip(table["train_set"], table["mode"])]
-    fig, axes = plt.subplots(1, 3, figsize=(11, 3.4))
-    for axis, metric, title in zip(axes, ("target", "retention", "drift"),
-                                   ("target accuracy (%)", "retention accuracy (%)", "drift from base (KL)")):
-        means = table[f"{metric}_mean"].fillna(0)
-        stds = table[f"{metric}_std"].fillna(0)
-        axis.bar(range(len(table)), means, yerr=stds, capsize=3,
-                 color=["#999999" if m == "base" else "#4c72b0" if "kl" not in m and m != "asft" else "#dd8452"
-                        for m in table["mode"]])
-        axis.set_xticks(range(len(table)), labels, fontsize=8)
-        axis.set_title(title, fontsize=10)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120, format="png")
-    plt.close(fig)
-
-
 def aggregate(eval_rows: Sequence[Mapping[str, Any]], eval_dirs: Mapping[str, Path], out_dir: Path, *,
               benchmarks: Sequence[str], target: Sequence[str], retention: Sequence[str],
               mode_order: Sequence[str], title: str, labels: Mapping[str, str] | None = None,
-              published: Mapping[str, Any] | None = None) -> pd.DataFrame:
-    """Write table.csv, table.md, table.tex, runs.csv and table.png into out_dir.
+              published: Mapping[str, Any] | None = None, train_rows: Sequence[Mapping[str, Any]] = (),
+              train_dirs: Mapping[str, Path] | None = None) -> pd.DataFrame:
+    """Write table.csv, table.md, table.html, table.tex, runs.csv, table.png/.pdf and curves.png/.pdf.
 
     Each row of `eval_rows` names its grading policy (`grading`): the first policy's rows make the main
     table (compared with the published numbers; the LaTeX table and the chart); each other policy's
-    follow it in table.csv, runs.csv and table.md, its `grading` column saying which is which."""
+    follow it in table.csv, runs.csv, table.md and table.html, its `grading` column saying which is which.
+    `train_rows` (labels and `train_key`) and `train_dirs` (train key -> folder): the training runs whose
+    metrics.jsonl make curves.png (without them, the figure says there are no logged steps)."""
     scores = {key: json.loads((Path(folder) / "scores.json").read_text()) for key, folder in eval_dirs.items()}
     policies = list(dict.fromkeys(row["grading"] for row in eval_rows))
     all_runs, tables = [], []
@@ -269,6 +268,7 @@ def aggregate(eval_rows: Sequence[Mapping[str, Any]], eval_dirs: Mapping[str, Pa
         rows = [row for row in eval_rows if row["grading"] == policy]
         runs = run_rows(rows, scores, target=target, retention=retention)
         runs.insert(3, "grading", policy)
+        runs = ordered_runs(runs, benchmarks, mode_order)
         table = summary_table(runs, benchmarks, mode_order)
         table.insert(2, "grading", policy)
         all_runs.append(runs)
@@ -278,13 +278,26 @@ def aggregate(eval_rows: Sequence[Mapping[str, Any]], eval_dirs: Mapping[str, Pa
     out_dir.mkdir(parents=True, exist_ok=True)
     _write_atomic(out_dir / "runs.csv", runs.to_csv(index=False, float_format="%.4f"))
     _write_atomic(out_dir / "table.csv", table.to_csv(index=False, float_format="%.4f"))
-    _write_atomic(out_dir / "table.md", markdown_table(table, benchmarks, title=title, labels=labels,
-                                                       published=published, target=target,
-                                                       grading=grading_notes(eval_rows, scores)))
+    markdown = markdown_table(table, benchmarks, title=title, labels=labels, published=published, target=target,
+                              grading=grading_notes(eval_rows, scores))
+    _write_atomic(out_dir / "table.md", markdown)
+    _write_atomic(out_dir / "table.html", html_page(markdown))
     _write_atomic(out_dir / "table.tex", latex_table(main, benchmarks))
-    chart = out_dir / "table.png.tmp"
-    bar_chart(main, chart)
-    chart.replace(out_dir / "table.png")
+
+    from asft.eval.figures import comparison_chart, curves_chart, read_training_run
+
+    policy_note = f" (graded with {policies[0]})" if len(policies) > 1 else ""
+    comparison_chart(main, [out_dir / "table.png", out_dir / "table.pdf"],
+                     target_names=[get_benchmark(b).display for b in target],
+                     retention_names=[get_benchmark(b).display for b in retention], labels=labels,
+                     mode_order=mode_order, title=title + policy_note)
+    curves = []
+    for row in train_rows:
+        folder = (train_dirs or {}).get(row["train_key"])
+        entries, uses_kl = read_training_run(folder) if folder is not None else ([], None)
+        curves.append({**row, "entries": entries, "uses_kl": uses_kl})
+    curves_chart(curves, [out_dir / "curves.png", out_dir / "curves.pdf"], mode_order=mode_order,
+                 title=f"Training curves: {title}")
     return table
 
 
@@ -305,6 +318,91 @@ def grading_notes(eval_rows: Sequence[Mapping[str, Any]], scores: Mapping[str, M
                             + (f" (version {version}, asft.eval.grading)" if version else " (asft.eval.grading)"))
         notes[policy] = "; ".join(sorted(how))
     return notes
+
+
+# --- table.html: table.md rendered (the same sections and cells, nothing re-derived) -----------------
+
+#: Styles scoped to the table's own element, so the page can be embedded (the report's front page) without
+#: touching the page around it; the `:has` rule lets the report's narrow text column widen to the table.
+HTML_STYLE = """
+#asft-table { font-family: system-ui, -apple-system, "Segoe UI", Roboto, sans-serif; font-size: 14px;
+  color: #1f2328; line-height: 1.45; }
+#asft-table h1 { font-size: 1.5em; margin: 0.4em 0; }
+#asft-table h2 { font-size: 1.2em; margin: 1.2em 0 0.4em; }
+#asft-table p, #asft-table ul { margin: 0.4em 0; max-width: 70em; }
+#asft-table table { border-collapse: collapse; margin: 0.6em 0 1em; font-variant-numeric: tabular-nums; }
+#asft-table th, #asft-table td { border: 1px solid #d0d7de; padding: 4px 9px; white-space: nowrap; }
+#asft-table th { background: #f0f3f6; text-align: center; }
+#asft-table td.number { text-align: right; }
+#asft-table tbody tr:nth-child(even) { background: #f8f9fa; }
+#asft-table tr.base td { color: #57606a; }
+#asft-table code { background: #eff1f3; padding: 0 3px; border-radius: 3px; font-size: 0.92em; font-weight: normal; }
+#asft-table code::before, #asft-table code::after { content: none; }
+.max-w-lg:has(#asft-table) { max-width: none; }
+"""
+
+_NUMBER = re.compile(r"^[−+-]?\d")
+
+
+def _inline(text: str) -> str:
+    """Escaped text with `code` spans."""
+    parts = text.split("`")
+    return "".join(f"<code>{html.escape(p)}</code>" if i % 2 else html.escape(p) for i, p in enumerate(parts))
+
+
+def _cells(line: str) -> list[str]:
+    return [cell.strip() for cell in line.strip().strip("|").split("|")]
+
+
+def markdown_html(markdown: str) -> str:
+    """The markdown that `markdown_table` writes (headings, paragraphs, pipe tables, bullet lists) as HTML."""
+    out: list[str] = []
+    lines = markdown.splitlines()
+    i = 0
+    while i < len(lines):
+        line = lines[i]
+        if not line.strip():
+            i += 1
+        elif line.startswith("#"):
+            level = len(line) - len(line.lstrip("#"))
+            out.append(f"<h{level}>{_inline(line[level:].strip())}</h{level}>")
+            i += 1
+        elif line.startswith("|"):
+            block = []
+            while i < len(lines) and lines[i].startswith("|"):
+                block.append(lines[i])
+                i += 1
+            header, body = _cells(block[0]), [_cells(b) for b in block[2:]]
+            out.append("<table>")
+            out.append("<thead><tr>" + "".join(f"<th>{_inline(c)}</th>" for c in header) + "</tr></thead>")
+            out.append("<tbody>")
+            for cells in body:
+                base = "mode" in header and cells[header.index("mode")] == "base"
+                out.append(("<tr class=\"base\">" if base else "<tr>") + "".join(
+                    f"<td class=\"number\">{_inline(c)}</td>" if _NUMBER.match(c) or c == "—" else f"<td>{_inline(c)}</td>"
+                    for c in cells) + "</tr>")
+            out.append("</tbody></table>")
+        elif line.startswith("- "):
+            out.append("<ul>")
+            while i < len(lines) and lines[i].startswith("- "):
+                out.append(f"<li>{_inline(lines[i][2:])}</li>")
+                i += 1
+            out.append("</ul>")
+        else:
+            paragraph = []
+            while i < len(lines) and lines[i].strip() and not lines[i].startswith(("#", "|", "- ")):
+                paragraph.append(lines[i].strip())
+                i += 1
+            out.append(f"<p>{_inline(' '.join(paragraph))}</p>")
+    return "\n".join(out)
+
+
+def html_page(markdown: str) -> str:
+    """A standalone page of table.md: its content inside `<div id="asft-table">` with its own styles."""
+    title = next((line.lstrip("#").strip() for line in markdown.splitlines() if line.startswith("# ")), "Results")
+    return ("<!DOCTYPE html>\n<html lang=\"en\">\n<head>\n<meta charset=\"utf-8\">\n"
+            f"<title>{html.escape(title)}</title>\n</head>\n<body>\n<div id=\"asft-table\">\n"
+            f"<style>{HTML_STYLE}</style>\n{markdown_html(markdown)}\n</div>\n</body>\n</html>\n")
 
 
 def _write_atomic(path: Path, text: str) -> None:

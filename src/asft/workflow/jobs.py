@@ -148,12 +148,15 @@ def run_aggregate_from_snakemake(smk: Any) -> None:
     final = Path(out.csv).parent
     with redirect_output(smk.log[0] if smk.log else None), failures_logged("aggregate"):
         score_dirs = {Path(p).parent.name: Path(p).parent for p in smk.input.scores}
-        verify_parents({f"score {key}": folder for key, folder in score_dirs.items()})
+        train_dirs = {Path(p).parent.name: Path(p).parent for p in getattr(smk.input, "train", [])}
+        verify_parents({f"score {key}": folder for key, folder in score_dirs.items()}
+                       | {f"train {key}": folder for key, folder in train_dirs.items()})
         started = time.time()
         with atomic_folder(final, replace=True) as tmp:
             table = aggregate(params.rows, score_dirs, tmp, benchmarks=params.benchmarks, target=params.target,
                               retention=params.retention, mode_order=params.modes, title=params.title,
-                              labels=params.labels, published=load_published(params.published))
+                              labels=params.labels, published=load_published(params.published),
+                              train_rows=getattr(params, "train_rows", []), train_dirs=train_dirs)
             (tmp / Path(out.config).name).write_text(yaml.safe_dump(params.config, sort_keys=False))
             (tmp / Path(out.plan).name).write_text(json.dumps({"rows": params.rows}, indent=2) + "\n")
             write_manifest(tmp, {"stage": final.parent.name, "key": final.name}, started)

@@ -226,6 +226,12 @@ class Plan:
         order = {policy: i for i, policy in enumerate(grading_policies(self.config.eval))}
         return sorted(rows, key=lambda r: (order[r["grading"]], r["score_key"]))
 
+    def train_rows(self) -> list[dict[str, Any]]:
+        """One row per training run: its labels (train set, mode, seed) and train key (the aggregate
+        reads its metrics.jsonl for the training curves of all modes)."""
+        return [{**node.labels, "train_key": node.key}
+                for node in sorted(self.nodes.get("train", {}).values(), key=lambda n: n.key)]
+
 
 def build_plan(cfg: Config) -> Plan:
     plan = Plan(cfg)
