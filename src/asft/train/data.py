@@ -1,16 +1,20 @@
 """Training data: the `data` stage (fetch, verify, normalise, subsample) and the `tokenize` stage.
 
 data: rows come from an embedded task, a file of a Hugging Face dataset repository (through the
-hub cache; HF_HUB_OFFLINE=1 resolves it from the cache alone), or a local file or folder. The file
-is checked against its sha256 (the config's, or for the paper's files in `chichi56/ASFT` the one in
-PAPER_FILES), its prompt/response columns are checked and renamed to `instruction`/`response`
-(the upstream ASFT format), and it is subsampled (size, seed). Output: `train.jsonl`.
+hub cache; HF_HUB_OFFLINE=1 resolves it from the cache alone), a dataset `datasets.load_dataset`
+loads (a hub id, config, split and revision, or a local dataset folder), or a local file or folder.
+A file is checked against its sha256 (the config's, or for the paper's files in `chichi56/ASFT` the
+one in PAPER_FILES). Rows of the `alpaca` format have their prompt/response columns checked and
+renamed to `instruction`/`response` (the upstream ASFT format; a non-empty input column is kept as
+`input`); rows of the `messages` and `sharegpt` formats become `messages`, a list of
+{role, content} turns. Then they are subsampled (size, seed). Output: `train.jsonl`.
 
 tokenize: each row becomes `input_ids` and `labels` with the configured template; every prompt
 token is -100, so the loss sees only response tokens and the eos that ends them. Prompt and
 response are tokenized separately and concatenated, so the mask boundary is exact (see
-docs/data.md for how this differs from upstream). Over-length examples are truncated or dropped;
-no packing (docs/data.md says why).
+docs/data.md for how this differs from upstream). A conversation is rendered with the model's chat
+template and every assistant turn is labelled, every system and user turn masked. Over-length
+examples are truncated or dropped; no packing (docs/data.md says why).
 """
 
 from __future__ import annotations
@@ -26,19 +30,24 @@ from typing import Any
 from asft.core.files import sha256_file
 from asft.core.job import StageJob
 from asft.train.data_checks import (
-    check_text_columns,
+    DataFileError,
+    RowSpec,
+    check_row,
     json_holds_a_list,
+    normalise_conversation,
     read_json_list,
     read_jsonl_rows,
     read_parquet_rows,
     row_at,
 )
 from asft.train.modes import IGNORE_INDEX
-from asft.train.settings import EmbeddedData, HubData, LocalData, TokenizeSettings
-from asft.train.templates import training_prompt
+from asft.train.settings import EmbeddedData, HubData, HubDataset, LocalData, TokenizeSettings
+from asft.train.templates import training_prompt, user_text
 
 TRAIN_FILE = "train.jsonl"
 COLUMNS = ("instruction", "response")
+INPUT = "input"  # an alpaca row's input, in train.jsonl only where it is non-empty
+MESSAGES = "messages"  # a conversation's turns in train.jsonl: [{role, content}]
 
 # Fates of a tokenized example (the `fate` column while tokenizing; counted in stats.json).
 KEPT, TRUNCATED, DROPPED_OVERLONG, DROPPED_NO_RESPONSE = "kept", "truncated", "dropped_overlong", "dropped_no_response"
@@ -170,23 +179,56 @@ def locate_source(settings: HubData | LocalData) -> tuple[Path, str, dict[str, A
     return local, str(local), {}
 
 
-def normalise_rows(rows: list[dict[str, Any]], prompt_field: str, response_field: str,
-                   origin: str) -> list[dict[str, str]]:
-    """Rows as {instruction, response} strings; the first bad row names the file, row and column."""
+def normalise_rows(rows: list[dict[str, Any]], settings: HubData | HubDataset | LocalData,
+                   origin: str) -> list[dict[str, Any]]:
+    """Rows in the upstream format: alpaca rows as {instruction, response} strings (and `input` where a
+    row holds non-empty text in the input column), conversations as {messages: [{role, content}]}.
+    The first bad row names the file, the row and the column (and the columns there are)."""
     if not rows:
         raise ValueError(f"{origin}: the training set is empty")
-    for field, setting in ((prompt_field, "prompt_field"), (response_field, "response_field")):
-        if field not in rows[0]:
-            raise ValueError(
-                f"{origin}: no column '{field}' (train_sets[].{setting}); the rows have columns "
-                f"{', '.join(map(repr, sorted(rows[0])))}; set train_sets[].{setting} to the right one"
-            )
-    columns = {prompt_field: "train_sets[].prompt_field", response_field: "train_sets[].response_field"}
-    out = []
+    spec = RowSpec.of(settings, "train_sets[]")
+    out: list[dict[str, Any]] = []
+    if spec.conversation is not None:
+        column, _, fmt = spec.conversation
+        for index, row in enumerate(rows):
+            check_row(row, spec, row_at(origin, index))
+            out.append({MESSAGES: normalise_conversation(row[column], fmt)})
+        return out
+    prompt, response = settings.prompt_field, settings.response_field
+    extra = next(iter(spec.optional_text), None)
     for index, row in enumerate(rows):
-        check_text_columns(row, columns, row_at(origin, index))
-        out.append({"instruction": row[prompt_field], "response": row[response_field]})
+        check_row(row, spec, row_at(origin, index))
+        item = {"instruction": row[prompt], "response": row[response]}
+        if extra and row.get(extra):  # Stanford Alpaca: `example.get("input", "") != ""`
+            item[INPUT] = row[extra]
+        out.append(item)
     return out
+
+
+def load_hub_dataset(settings: HubDataset) -> tuple[list[dict[str, Any]], str, dict[str, Any]]:
+    """The rows of `datasets.load_dataset(dataset, config, split=split, revision=revision)`, an origin for
+    messages and provenance. A hub id and a local dataset folder (data files, or a saved dataset) take
+    the same call; HF_HUB_OFFLINE=1 reads a hub id from the caches alone."""
+    import os
+
+    import datasets
+
+    name = os.path.expanduser(settings.dataset)
+    origin = (f"dataset {settings.dataset}" + (f" (config {settings.config})" if settings.config else "")
+              + f" split {settings.split}" + ("" if os.path.isdir(name) else f" @ {settings.revision}"))
+    try:
+        loaded = datasets.load_dataset(name, name=settings.config, split=settings.split, revision=settings.revision)
+    except Exception as error:  # unknown id, config or split, network, not in the offline cache
+        detail = f"{type(error).__name__}: {error}".strip().splitlines()[0][:400]
+        offline = os.environ.get("HF_HUB_OFFLINE") or os.environ.get("HF_DATASETS_OFFLINE")
+        advice = ("check train_sets[].dataset, config and split" + (
+            "; HF_HUB_OFFLINE is set, so a hub dataset must already be in the datasets cache (load it once with "
+            "network, or set dataset to a local folder)" if offline else "; for a hub id also the revision, your "
+            "network and token"))
+        raise DataFileError(f"{origin}: datasets.load_dataset failed: {detail}; {advice}") from error
+    if isinstance(loaded, datasets.DatasetDict):  # a saved DatasetDict loaded without a split
+        raise DataFileError(f"{origin}: holds splits {', '.join(loaded)}; set train_sets[].split to one")
+    return loaded.to_list(), origin, {"fingerprint": loaded._fingerprint, "features": sorted(loaded.column_names)}
 
 
 def subsample(rows: list[Any], size: int | None, seed: int | None, origin: str) -> list[Any]:
@@ -199,8 +241,8 @@ def subsample(rows: list[Any], size: int | None, seed: int | None, origin: str) 
     return random.Random(seed).sample(rows, size)
 
 
-def build_dataset(settings: EmbeddedData | HubData | LocalData, out_dir: Path) -> dict[str, Any]:
-    """The `data` stage: write `train.jsonl` (instruction/response) into out_dir and return stats."""
+def build_dataset(settings: EmbeddedData | HubData | HubDataset | LocalData, out_dir: Path) -> dict[str, Any]:
+    """The `data` stage: write `train.jsonl` (instruction/response, or messages) into out_dir and return stats."""
     provenance: dict[str, Any] = {}
     if isinstance(settings, EmbeddedData):
         from asft.embedded.tasks import split
@@ -208,6 +250,9 @@ def build_dataset(settings: EmbeddedData | HubData | LocalData, out_dir: Path) -
         train, _ = split(settings.task, settings.split_seed)
         rows = [example.as_train_row() for example in train]
         origin = f"embedded task {settings.task}"
+    elif isinstance(settings, HubDataset):
+        raw, origin, provenance = load_hub_dataset(settings)
+        rows = normalise_rows(raw, settings, origin)
     else:
         path, origin, provenance = locate_source(settings)
         known = known_file(settings.repo, settings.filename) if isinstance(settings, HubData) else None
@@ -221,7 +266,7 @@ def build_dataset(settings: EmbeddedData | HubData | LocalData, out_dir: Path) -
             )
         provenance["sha256"] = check_sha256(path, expected)
         provenance["bytes"] = path.stat().st_size
-        rows = normalise_rows(read_rows(path), settings.prompt_field, settings.response_field, origin)
+        rows = normalise_rows(read_rows(path), settings, origin)
     if not rows:
         raise ValueError(f"{origin}: the training set is empty")
     total = len(rows)
@@ -249,7 +294,7 @@ def _special_prefix(tokenizer: Any) -> list[int]:
 
 
 def _chat_completions(instructions: Sequence[str], responses: Sequence[str], prompts: Sequence[str],
-                      tokenizer: Any) -> tuple[list[str], list[bool]]:
+                      tokenizer: Any) -> tuple[list[str], list[bool]]:  # instructions: the user's text
     """The assistant turn as the chat template renders it (response + end-of-turn markup).
 
     Falls back to the bare response where the template's prompt is not a prefix of the whole
@@ -267,7 +312,8 @@ def _chat_completions(instructions: Sequence[str], responses: Sequence[str], pro
 
 
 def encode_batch(instructions: Sequence[str], responses: Sequence[str], tokenizer: Any, *, template: str,
-                 max_length: int, overlong: str, prompt_boundary: str = "exact") -> dict[str, list]:
+                 max_length: int, overlong: str, prompt_boundary: str = "exact",
+                 inputs: Sequence[str | None] | None = None) -> dict[str, list]:
     """Tokenize a batch: input_ids, labels, and per example its fate and length before truncation.
 
     exact (default): input_ids = [special prefix] + prompt + response + eos, each part tokenized on
@@ -278,35 +324,45 @@ def encode_batch(instructions: Sequence[str], responses: Sequence[str], tokenize
     With the chat template the response is the rendered assistant turn (e.g. `...<|im_end|>\\n`),
     cut after the eos if it holds one, else ended by eos. Over-length: `truncate` keeps the first
     max_length tokens, `drop` drops the example; an example left with no response token is
-    dropped either way.
+    dropped either way. `inputs`: alpaca rows' inputs ('' or None: none; asft.train.templates says
+    how an input enters each template's prompt).
     """
     eos = tokenizer.eos_token_id
     if eos is None:
         raise ValueError("the tokenizer has no eos token; a response could not be ended")
     if prompt_boundary not in ("exact", "upstream"):
         raise ValueError(f"unknown prompt_boundary '{prompt_boundary}'; known: exact, upstream")
-    prompts = [training_prompt(template, instruction, tokenizer) for instruction in instructions]
+    inputs = [text or "" for text in inputs] if inputs is not None else [""] * len(instructions)
+    prompts = [training_prompt(template, instruction, tokenizer, text) for instruction, text in zip(instructions, inputs)]
     if template == "chat":
-        completions, fell_back = _chat_completions(instructions, responses, prompts, tokenizer)
+        users = [user_text(instruction, text) for instruction, text in zip(instructions, inputs)]
+        completions, fell_back = _chat_completions(users, responses, prompts, tokenizer)
     else:
         completions, fell_back = list(responses), [False] * len(responses)
     if prompt_boundary == "exact":
         pairs = _split_exact(prompts, completions, tokenizer, eos)
     else:
         pairs = _split_upstream(prompts, completions, tokenizer)
+    examples = [(head + tail, [IGNORE_INDEX] * len(head) + tail) for head, tail in pairs]
+    return _finish(examples, fell_back, max_length=max_length, overlong=overlong)
+
+
+def _finish(examples: Sequence[tuple[list[int], list[int]]], fell_back: Sequence[bool], *, max_length: int,
+            overlong: str) -> dict[str, list]:
+    """The tokenize map's columns from (input ids, labels) per example: over-length ones truncated or
+    dropped, and one left with no label to learn dropped; each with its fate and length before truncation."""
     out: dict[str, list] = {"input_ids": [], "labels": [], "fate": [], "full_length": [], "n_response": [],
-                            "chat_fallback": fell_back}
-    for head, tail in pairs:
-        ids, labels = head + tail, [IGNORE_INDEX] * len(head) + tail
+                            "chat_fallback": list(fell_back)}
+    for ids, labels in examples:
         full_length, fate = len(ids), KEPT
         if len(ids) > max_length:
             if overlong == "drop":
                 ids, labels, fate = [], [], DROPPED_OVERLONG
             else:
                 ids, labels, fate = ids[:max_length], labels[:max_length], TRUNCATED
-        n_response = max(0, len(ids) - len(head))  # labels are -100 exactly on the head
+        n_response = sum(label != IGNORE_INDEX for label in labels)
         # position 0 predicts nothing (the model is scored on token t+1 from t), so it does not count
-        if ids and n_response - (0 if head else 1) <= 0:
+        if fate != DROPPED_OVERLONG and n_response - (bool(labels) and labels[0] != IGNORE_INDEX) <= 0:
             ids, labels, fate, n_response = [], [], DROPPED_NO_RESPONSE, 0  # no response token left to learn
         out["input_ids"].append(ids)
         out["labels"].append(labels)
@@ -314,6 +370,83 @@ def encode_batch(instructions: Sequence[str], responses: Sequence[str], tokenize
         out["full_length"].append(full_length)
         out["n_response"].append(n_response)
     return out
+
+
+def _render(tokenizer: Any, messages: Sequence[Mapping[str, str]], *, generation_prompt: bool) -> str | None:
+    """The chat template's text of `messages`, or None where the template refuses them (e.g. no user turn)."""
+    try:
+        return tokenizer.apply_chat_template(list(messages), tokenize=False, add_generation_prompt=generation_prompt)
+    except Exception:  # a template's raise_exception (jinja2 TemplateError), or one that expects a user turn
+        return None
+
+
+def conversation_segments(messages: Sequence[Mapping[str, str]], tokenizer: Any) -> tuple[list[tuple[str, bool]], bool]:
+    """A conversation as the chat template renders it, cut into (text, labelled) segments.
+
+    Assistant turn i is the text between the template's rendering of turns [:i] with the generation
+    prompt and of turns [:i+1] (for ChatML `{content}<|im_end|>\n`); it is labelled, everything
+    around it masked. Where the template renders turns differently once later ones follow (so these
+    renderings are not prefixes of the whole conversation, e.g. a template that drops earlier
+    reasoning), that turn stays masked and the second value is True. Text after the last assistant
+    turn is left out: it has nothing to learn.
+    """
+    full = _render(tokenizer, messages, generation_prompt=False)
+    if full is None:
+        raise ValueError(f"the chat template could not render a conversation (roles "
+                         f"{', '.join(m['role'] for m in messages)})")
+    segments: list[tuple[str, bool]] = []
+    done, fell_back = 0, False
+    for index, message in enumerate(messages):
+        if message["role"] != "assistant":
+            continue
+        before = _render(tokenizer, messages[:index], generation_prompt=True) if index else ""
+        through = _render(tokenizer, messages[: index + 1], generation_prompt=False)
+        if before is None or through is None or not (
+                done <= len(before) and full.startswith(through) and through.startswith(before)):
+            fell_back = True
+            continue
+        segments += [(full[done:len(before)], False), (full[len(before):len(through)], True)]
+        done = len(through)
+    return segments, fell_back
+
+
+def encode_conversations(conversations: Sequence[Sequence[Mapping[str, str]]], tokenizer: Any, *, template: str,
+                         max_length: int, overlong: str, prompt_boundary: str = "exact") -> dict[str, list]:
+    """Tokenize a batch of conversations ([{role, content}]) with the chat template: every assistant turn
+    labelled, every system and user turn (and the template's markup around them) -100.
+
+    Each segment (asft.train.data.conversation_segments) is tokenized on its own and the ids
+    concatenated, so every mask boundary is exact (prompt_boundary does not apply). The last assistant
+    turn ends as a `chat` template response does: cut after the eos if it holds one, else + eos; an
+    earlier turn keeps its rendered end (`<|im_end|>\n`). A single-turn conversation gives the same ids
+    and labels as an alpaca row under template `chat`.
+    """
+    if template != "chat":
+        raise ValueError(f"tokenize.template is '{template}' but the train set holds conversations (format messages "
+                         "or sharegpt), which the model's chat template renders: set tokenize.template: chat")
+    eos = tokenizer.eos_token_id
+    if eos is None:
+        raise ValueError("the tokenizer has no eos token; a response could not be ended")
+    prefix = _special_prefix(tokenizer)
+    prefix_text = tokenizer.decode(prefix) if prefix else ""
+    cut = [conversation_segments(messages, tokenizer) for messages in conversations]
+    texts = [text for segments, _ in cut for text, _ in segments]
+    token_ids = iter(tokenizer(texts, add_special_tokens=False)["input_ids"] if texts else [])
+    examples = []
+    for segments, _ in cut:
+        ids: list[int] = []
+        labels: list[int] = []
+        if prefix and segments and not segments[0][0].startswith(prefix_text):
+            ids, labels = list(prefix), [IGNORE_INDEX] * len(prefix)  # a template's own BOS keeps just that one
+        parts = [(next(token_ids), labelled) for _, labelled in segments]
+        last = max((i for i, (_, labelled) in enumerate(parts) if labelled), default=-1)
+        for i, (tokens, labelled) in enumerate(parts):
+            if i == last:
+                tokens = tokens[: tokens.index(eos) + 1] if eos in tokens else [*tokens, eos]
+            ids += tokens
+            labels += tokens if labelled else [IGNORE_INDEX] * len(tokens)
+        examples.append((ids, labels))
+    return _finish(examples, [fell_back for _, fell_back in cut], max_length=max_length, overlong=overlong)
 
 
 def _split_exact(prompts: Sequence[str], completions: Sequence[str], tokenizer: Any,
@@ -354,7 +487,10 @@ class _Encoder:
         self.options = dict(options)
 
     def __call__(self, batch: Mapping[str, list]) -> dict[str, list]:
-        return encode_batch(batch["instruction"], batch["response"], self.tokenizer, **self.options)
+        if MESSAGES in batch:
+            return encode_conversations(batch[MESSAGES], self.tokenizer, **self.options)
+        return encode_batch(batch["instruction"], batch["response"], self.tokenizer, inputs=batch.get(INPUT),
+                            **self.options)
 
 
 def _features():
@@ -366,20 +502,34 @@ def _features():
     })
 
 
-def load_train_rows(path: Path) -> dict[str, list[str]]:
-    """The data stage's rows as columns; a missing or non-text column names the file and the row."""
+def load_train_rows(path: Path) -> dict[str, list]:
+    """The data stage's rows as columns; a missing or non-text column names the file and the row.
+
+    instruction/response rows give those columns, and `input` ('' where a row has none) when any row
+    has one; conversations (rows of `messages`) give the column `messages`.
+    """
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"{path}: missing; the data stage that makes it has not completed")
     rows = read_jsonl(path)
     if not rows:
         raise ValueError(f"{path}: the training set is empty")
+    if MESSAGES in rows[0]:
+        spec = RowSpec(conversation=(MESSAGES, "the data stage's messages", "messages"))
+        for index, row in enumerate(rows):
+            check_row(row, spec, f"{path}: row {index}")
+        return {MESSAGES: [normalise_conversation(row[MESSAGES], "messages") for row in rows]}
     for index, row in enumerate(rows):
         for column in COLUMNS:
             if not isinstance(row.get(column), str):
                 raise ValueError(f"{path}: row {index} has no text column '{column}' (columns: "
                                  f"{', '.join(sorted(row))}); expected the data stage's {' and '.join(COLUMNS)}")
-    return {column: [row[column] for row in rows] for column in COLUMNS}
+        if not isinstance(row.get(INPUT, ""), str):
+            raise ValueError(f"{path}: row {index}: column '{INPUT}' is not text")
+    columns = {column: [row[column] for row in rows] for column in COLUMNS}
+    if any(row.get(INPUT) for row in rows):
+        columns[INPUT] = [row.get(INPUT, "") for row in rows]
+    return columns
 
 
 def run_tokenize_stage(job: StageJob) -> dict[str, Any]:
@@ -407,17 +557,22 @@ def tokenize_dataset(
     columns = load_train_rows(Path(data_dir) / TRAIN_FILE)
     tokenizer = AutoTokenizer.from_pretrained(model_dir)
     tokenizer.model_max_length = 1 << 60  # we truncate ourselves; silences "sequence longer than" warnings
+    conversations = MESSAGES in columns
+    if conversations and options["template"] != "chat":
+        raise ValueError(f"tokenize.template is '{options['template']}' but the train set holds conversations (format "
+                         "messages or sharegpt), which the model's chat template renders: set tokenize.template: chat")
     if options["template"] == "chat" and not getattr(tokenizer, "chat_template", None):
         raise ValueError(f"tokenize.template is 'chat' but the tokenizer of {model_dir} has no chat template; "
                          "use template plain or alpaca, or a model with a chat template")
-    encode_batch(columns["instruction"][:1], columns["response"][:1], tokenizer, **options)  # fail here, not in a worker
-    n_proc = max(1, min(int(num_proc), len(columns["instruction"]) // 1000 or 1))
+    _Encoder(tokenizer, options)({name: values[:1] for name, values in columns.items()})  # fail here, not in a worker
+    n_rows = len(next(iter(columns.values())))
+    n_proc = max(1, min(int(num_proc), n_rows // 1000 or 1))
     # The map writes arrow files (memory-mapped back, not pickled between processes) into a scratch
     # folder of the artifact, removed once the kept rows are saved.
     scratch = Path(out_dir) / ".tokenize-scratch"
     encoded = Dataset.from_dict(columns).map(
         _Encoder(tokenizer, options), batched=True, batch_size=1000, num_proc=n_proc if n_proc > 1 else None,
-        remove_columns=list(COLUMNS), features=_features(), new_fingerprint="asft-tokenize",
+        remove_columns=list(columns), features=_features(), new_fingerprint="asft-tokenize",
         cache_file_name=str(scratch / "encoded.arrow"), desc="tokenize",
     )
     info = encoded.select_columns(["fate", "full_length", "n_response", "chat_fallback"]).to_dict()
@@ -450,6 +605,7 @@ def tokenize_dataset(
             "p99": _percentile(full_lengths, 0.99), "max": full_lengths[-1],
         },
         **({"chat_template_fallbacks": sum(info["chat_fallback"])} if options["template"] == "chat" else {}),
+        **({"conversations": len(fates)} if conversations else {}),
         **options,
     }
     (Path(out_dir) / "stats.json").write_text(json.dumps(stats, indent=2) + "\n")

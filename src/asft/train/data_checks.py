@@ -21,6 +21,7 @@ from __future__ import annotations
 import codecs
 import json
 from collections.abc import Iterator, Mapping
+from dataclasses import dataclass, field
 from itertools import islice
 from pathlib import Path
 from typing import Any, BinaryIO
@@ -217,23 +218,146 @@ def check_text_columns(row: Mapping[str, Any], columns: Mapping[str, str], where
             raise DataFileError(f"{where}: {problem}")
 
 
+# --- row formats: alpaca (prompt/input/response columns), messages and sharegpt (conversations) --------
+
+#: Per conversation format: the turn's role key, its text key, and the roles it may name -> the role
+#: the chat template is given. ShareGPT's are LLaMA-Factory's default tags (human, gpt, system).
+CONVERSATION_KEYS: dict[str, tuple[str, str, dict[str, str]]] = {
+    "messages": ("role", "content", {"system": "system", "user": "user", "assistant": "assistant"}),
+    "sharegpt": ("from", "value", {"system": "system", "human": "user", "gpt": "assistant",
+                                   "user": "user", "assistant": "assistant"}),
+}
+#: The conversation column when train_sets[].messages_field is not given.
+DEFAULT_MESSAGES_FIELD = {"messages": "messages", "sharegpt": "conversations"}
+#: Column names that say a file holds conversations (a hint when a row has no prompt column).
+_CONVERSATION_COLUMNS = ("messages", "conversations", "conversation")
+
+
+@dataclass(frozen=True)
+class RowSpec:
+    """What each training row must hold, and the config setting naming each column (for messages).
+
+    text: required text columns; optional_text: text, null or absent (alpaca's `input`);
+    conversation: (column, setting, format) of a messages/sharegpt conversation column.
+    """
+
+    text: Mapping[str, str] = field(default_factory=dict)
+    optional_text: Mapping[str, str] = field(default_factory=dict)
+    conversation: tuple[str, str, str] | None = None
+
+    @classmethod
+    def of(cls, settings: Any, setting: str) -> RowSpec:
+        """The spec of a train set's settings (a TrainSetConfig or HubData/LocalData/HubDataset); `setting`
+        prefixes the field names in messages, e.g. `train_sets[toy]`."""
+        fmt = getattr(settings, "format", "alpaca")
+        if fmt != "alpaca":
+            column = settings.messages_field or DEFAULT_MESSAGES_FIELD[fmt]
+            return cls(conversation=(column, f"{setting}.messages_field", fmt))
+        text = {settings.prompt_field: f"{setting}.prompt_field", settings.response_field: f"{setting}.response_field"}
+        extra = getattr(settings, "input_field", None)
+        optional = {extra: f"{setting}.input_field"} if extra and extra not in text else {}
+        return cls(text=text, optional_text=optional)
+
+    @property
+    def setting_prefix(self) -> str:
+        names = [*self.text.values(), *self.optional_text.values()] + ([self.conversation[1]] if self.conversation else [])
+        return names[0].rsplit(".", 1)[0] if names else "train_sets[]"
+
+
+def _format_hint(row: Mapping[str, Any], spec: RowSpec) -> str:
+    """A pointer to `format` when the row's columns look like the other kind of data."""
+    prefix = spec.setting_prefix
+    if spec.conversation is None:
+        found = [c for c in _CONVERSATION_COLUMNS if isinstance(row.get(c), list)]
+        if found:
+            turns = row[found[0]]
+            kind = "sharegpt" if turns and isinstance(turns[0], Mapping) and "from" in turns[0] else "messages"
+            extra = "" if found[0] == DEFAULT_MESSAGES_FIELD[kind] else f" and {prefix}.messages_field: {found[0]}"
+            return f" (column '{found[0]}' holds conversations: set {prefix}.format: {kind}{extra})"
+    elif any(isinstance(row.get(c), str) for c in ("instruction", "prompt", "question")):
+        return f" (the rows hold prompt/response columns: set {prefix}.format: alpaca)"
+    return ""
+
+
+def conversation_problem(value: Any, column: str, fmt: str) -> str | None:
+    """What is wrong with `value` as a `fmt` conversation (messages, sharegpt), or None."""
+    role_key, text_key, roles = CONVERSATION_KEYS[fmt]
+    if not isinstance(value, list):
+        return f"column '{column}' is {json_type(value)}, not a list of turns"
+    if not value:
+        return f"column '{column}' is an empty list of turns"
+    for number, turn in enumerate(value, 1):
+        where = f"column '{column}' turn {number} of {len(value)}"
+        if not isinstance(turn, Mapping):
+            return f"{where} is {json_type(turn)}, not an object with '{role_key}' and '{text_key}'"
+        if role_key not in turn or text_key not in turn:
+            keys = ", ".join(map(repr, sorted(turn))) or "none"
+            other = "sharegpt" if fmt == "messages" else "messages"
+            other_role, other_text, _ = CONVERSATION_KEYS[other]
+            hint = f"; these are {other}'s keys: set format: {other}" if {other_role, other_text} <= set(turn) else ""
+            return f"{where} has no '{role_key if role_key not in turn else text_key}' (its keys: {keys}){hint}"
+        role = turn[role_key]
+        if role not in roles:
+            return f"{where}: {role_key} {role!r} is not one of {', '.join(roles)}"
+        if not isinstance(turn[text_key], str):
+            return f"{where}: '{text_key}' is {json_type(turn[text_key])}, not text"
+    if not any(roles[turn[role_key]] == "assistant" for turn in value):
+        return f"column '{column}' has no assistant turn ({', '.join(k for k, v in roles.items() if v == 'assistant')}): nothing to learn"
+    return None
+
+
+def normalise_conversation(value: list[Mapping[str, Any]], fmt: str) -> list[dict[str, str]]:
+    """A checked conversation as chat-template messages: [{role: system|user|assistant, content}]."""
+    role_key, text_key, roles = CONVERSATION_KEYS[fmt]
+    return [{"role": roles[turn[role_key]], "content": turn[text_key]} for turn in value]
+
+
+def row_problem(row: Mapping[str, Any], spec: RowSpec) -> str | None:
+    """What is wrong with a training row under `spec`, or None; a missing column names the columns there are."""
+    for column, setting in spec.text.items():
+        problem = text_column_problem(row, column, setting)
+        if problem:
+            return problem + (_format_hint(row, spec) if column not in row else "")
+    for column, setting in spec.optional_text.items():
+        value = row.get(column)
+        if value is not None and not isinstance(value, str):
+            return f"column '{column}' ({setting}) is {json_type(value)}, not text (or null, or absent)"
+    if spec.conversation is not None:
+        column, setting, fmt = spec.conversation
+        if column not in row:
+            columns = ", ".join(map(repr, sorted(row))) or "none"
+            return (f"no column '{column}' ({setting}); the row has columns {columns}; set {setting} to the "
+                    f"column holding the conversation{_format_hint(row, spec)}")
+        return conversation_problem(row[column], column, fmt)
+    return None
+
+
+def check_row(row: Mapping[str, Any], spec: RowSpec, where: str) -> None:
+    problem = row_problem(row, spec)
+    if problem:
+        raise DataFileError(f"{where}: {problem}")
+
+
 # --- the parse-time check of one training file -------------------------------------------------------
 
-def check_train_file(path: Path, columns: Mapping[str, str]) -> None:
+def check_train_file(path: Path, columns: Mapping[str, str] | RowSpec) -> None:
     """Check a local training file as the data job will read it (same readers, same order of checks).
+
+    `columns`: a RowSpec, or the required text columns (column -> the setting naming it).
 
     Streams the file once: every row of a JSON Lines file is decoded, parsed and its columns
     checked, except in files over LARGE_FILE_BYTES, where only the first HEAD_ROWS rows are and the
     rest is checked for UTF-8 (see LARGE_FILE_BYTES for why). Raises DataFileError.
     """
     path = Path(path)
+    spec = columns if isinstance(columns, RowSpec) else RowSpec(text=dict(columns))
     large = path.stat().st_size > LARGE_FILE_BYTES
     if path.suffix == ".parquet":
-        _check_parquet(path, columns, HEAD_ROWS if large else None)
+        _check_parquet(path, spec, HEAD_ROWS if large else None)
     elif path.suffix == ".json" and json_holds_a_list(path):
-        _check_json_list(path, columns, large)
+        _check_json_list(path, spec, large)
     else:
-        _check_jsonl(path, columns, HEAD_ROWS if large else None)
+        _check_jsonl(path, spec, HEAD_ROWS if large else None)
 
 
 def empty_file(path: Path | str) -> DataFileError:
@@ -245,14 +369,14 @@ def check_jsonl_file(path: Path, columns: Mapping[str, str] | None = None) -> No
     (only the first HEAD_ROWS rows of a file over LARGE_FILE_BYTES, then the rest's encoding)."""
     path = Path(path)
     large = path.stat().st_size > LARGE_FILE_BYTES
-    _check_jsonl(path, columns or {}, HEAD_ROWS if large else None)
+    _check_jsonl(path, RowSpec(text=dict(columns or {})), HEAD_ROWS if large else None)
 
 
-def _check_jsonl(path: Path, columns: Mapping[str, str], head: int | None) -> None:
+def _check_jsonl(path: Path, spec: RowSpec, head: int | None) -> None:
     rows, last_line = 0, 0
     with open(path, "rb") as handle:
         for number, row in islice(jsonl_rows(handle, path), head):
-            check_text_columns(row, columns, line_at(path, number))
+            check_row(row, spec, line_at(path, number))
             rows, last_line = rows + 1, number
         if head is not None and rows == head:
             check_utf8_rest(handle, path, last_line + 1)
@@ -260,7 +384,7 @@ def _check_jsonl(path: Path, columns: Mapping[str, str], head: int | None) -> No
         raise empty_file(path)
 
 
-def _check_json_list(path: Path, columns: Mapping[str, str], large: bool) -> None:
+def _check_json_list(path: Path, spec: RowSpec, large: bool) -> None:
     if large:
         # One JSON document cannot be parsed in part with the standard library, and parsing all of
         # it here would hold it in memory at every parse: check the encoding; the job checks the rows.
@@ -271,22 +395,32 @@ def _check_json_list(path: Path, columns: Mapping[str, str], large: bool) -> Non
     if not rows:
         raise empty_file(path)
     for index, row in enumerate(rows):
-        check_text_columns(row, columns, row_at(path, index))
+        check_row(row, spec, row_at(path, index))
 
 
-def _check_parquet(path: Path, columns: Mapping[str, str], head: int | None) -> None:
+def _check_parquet(path: Path, spec: RowSpec, head: int | None) -> None:
     import pyarrow as pa
     import pyarrow.compute as pc
 
     parquet = open_parquet(path)
     schema = parquet.schema_arrow
+    columns = dict(spec.text)
+    if spec.conversation is not None:
+        _check_parquet_conversations(parquet, path, spec, head)
+        return
     for column, setting in columns.items():
         if column not in schema.names:
             raise DataFileError(f"{path}: no column '{column}' ({setting}); the file has columns "
-                                f"{', '.join(map(repr, schema.names)) or 'none'}; set {setting} to the right one")
+                                f"{', '.join(map(repr, schema.names)) or 'none'}; set {setting} to the right one"
+                                f"{_format_hint(_first_row(parquet), spec)}")
         arrow_type = schema.field(column).type
         if not _is_text_type(arrow_type) and not pa.types.is_null(arrow_type):
             raise DataFileError(f"{path}: column '{column}' holds {arrow_type}, not text")
+    for column, setting in spec.optional_text.items():  # may be absent or null; text where present
+        if column in schema.names:
+            arrow_type = schema.field(column).type
+            if not _is_text_type(arrow_type) and not pa.types.is_null(arrow_type):
+                raise DataFileError(f"{path}: column '{column}' ({setting}) holds {arrow_type}, not text")
     rows = 0
     try:
         for batch in parquet.iter_batches(batch_size=4096, columns=list(columns)):
@@ -295,6 +429,39 @@ def _check_parquet(path: Path, columns: Mapping[str, str], head: int | None) -> 
                 if values.null_count:
                     first = pc.index(values.is_null(), True).as_py()
                     raise DataFileError(f"{row_at(path, rows + first)}: column '{column}' is null, not text")
+            rows += batch.num_rows
+            if head is not None and rows >= head:
+                break
+    except (pa.ArrowException, OSError) as error:
+        raise DataFileError(f"{path}: not a readable parquet file ({error})") from None
+    if rows == 0:
+        raise empty_file(path)
+
+
+def _first_row(parquet: Any) -> dict[str, Any]:
+    """The first row of a parquet file (for a hint), or {} when it has none or cannot be read."""
+    import pyarrow as pa
+
+    try:
+        first = next(parquet.iter_batches(batch_size=1), None)
+    except (pa.ArrowException, OSError):
+        return {}
+    return first.to_pylist()[0] if first is not None and first.num_rows else {}
+
+
+def _check_parquet_conversations(parquet: Any, path: Path, spec: RowSpec, head: int | None) -> None:
+    """A conversation column of a parquet file: present, and each row's turns as the data job needs them."""
+    import pyarrow as pa
+
+    column, setting, _ = spec.conversation
+    names = parquet.schema_arrow.names
+    if column not in names:
+        raise DataFileError(f"{path}: {row_problem(_first_row(parquet) or dict.fromkeys(names), spec)}")
+    rows = 0
+    try:
+        for batch in parquet.iter_batches(batch_size=1024, columns=[column]):
+            for offset, row in enumerate(batch.to_pylist()):
+                check_row(row, spec, row_at(path, rows + offset))
             rows += batch.num_rows
             if head is not None and rows >= head:
                 break

@@ -69,7 +69,24 @@ class EmbeddedData(_DataSettings):
     split_seed: int = 0
 
 
-class HubData(_DataSettings):
+#: Row layouts of a train set's file (docs/data.md): `alpaca` rows hold prompt/response (and an optional
+#: input) columns; `messages` rows a list of {role, content} turns; `sharegpt` rows a list of {from, value}.
+DataFormat = Literal["alpaca", "messages", "sharegpt"]
+
+
+class _TableData(_DataSettings):
+    """The columns a file-backed train set reads; what is new since the first keys enters them only when set."""
+
+    format: DataFormat = "alpaca"
+    prompt_field: str = "instruction"
+    response_field: str = "response"
+    input_field: str | None = "input"  # alpaca: joined to the prompt where a row holds non-empty text in it
+    messages_field: str | None = None  # messages/sharegpt: the conversation column (null: messages/conversations)
+
+    key_omits = {"format": "alpaca", "input_field": "input", "messages_field": None}
+
+
+class HubData(_TableData):
     """A file of a Hugging Face dataset repository, checked against its sha256."""
 
     source: Literal["hub"] = "hub"
@@ -78,24 +95,33 @@ class HubData(_DataSettings):
     revision: str = "main"
     sha256: str | None = None
     local_path: str | None = None
-    prompt_field: str = "instruction"
-    response_field: str = "response"
 
 
-class LocalData(_DataSettings):
+class HubDataset(_TableData):
+    """`datasets.load_dataset(dataset, config, split=split, revision=revision)`: a hub id, or a local dataset
+    folder through the same call."""
+
+    source: Literal["hub_dataset"] = "hub_dataset"
+    dataset: str
+    config: str | None = None
+    split: str = "train"
+    revision: str = "main"
+
+    key_omits = {**_TableData.key_omits, "config": None}
+
+
+class LocalData(_TableData):
     """A local .jsonl/.json/.parquet file, or a folder holding `filename`."""
 
     source: Literal["local"] = "local"
     path: str
     sha256: str | None = None
-    prompt_field: str = "instruction"
-    response_field: str = "response"
     filename: str | None = None
 
-    key_omits = {"filename": None}  # absent unless a folder is given, so older keys hold
+    key_omits = {**_TableData.key_omits, "filename": None}  # absent unless a folder is given, so older keys hold
 
 
-DataSettings = Annotated[EmbeddedData | HubData | LocalData, Field(discriminator="source")]
+DataSettings = Annotated[EmbeddedData | HubData | HubDataset | LocalData, Field(discriminator="source")]
 
 
 # --- tokenize --------------------------------------------------------------------------------------
@@ -196,6 +222,7 @@ class TrainRuntime(Runtime):
     deepspeed: str | None = None  # an absolute path (the plan resolves repository-relative ones)
     gradient_checkpointing: bool = False
     num_processes: int = Field(1, ge=1)
+    report_to: tuple[Literal["tensorboard", "wandb", "mlflow", "trackio"], ...] = ()  # trackers (asft.train.tracking)
 
 
 # --- merge -----------------------------------------------------------------------------------------

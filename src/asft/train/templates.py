@@ -5,6 +5,13 @@ appends a newline to it (prompt type `alpaca` in math_evaluation). `cot` is the 
 evaluation prompt. `plain` puts the response right after the instruction (the embedded tasks).
 `chat` uses the tokenizer's own chat template. `choice` is upstream's multiple-choice prompt
 (eval/medeval/vllm_medical_test.py), rendered from a problem's structured options (`choice_prompt`).
+
+An alpaca row's `input` (context for the instruction), where it is non-empty: the `alpaca` template
+becomes Stanford Alpaca's `prompt_input` (tatsu-lab/stanford_alpaca train.py, PROMPT_DICT; upstream
+ASFT's train_v2.py keeps only `prompt_no_input`, whose rows have no input); `plain` and `chat` take
+the instruction and the input joined by one newline as the user's text, as LLaMA-Factory's alpaca
+converter does (src/llamafactory/data/converter.py: `"\n".join([prompt, query])`). A row without
+input gets the prompt it always had, byte for byte.
 """
 
 from __future__ import annotations
@@ -16,6 +23,12 @@ from typing import Any
 ALPACA = (
     "Below is an instruction that describes a task. Write a response that appropriately completes the request.\n\n"
     "### Instruction:\n{instruction}\n\n### Response:"
+)
+#: Stanford Alpaca's PROMPT_DICT["prompt_input"], byte for byte: the prompt of a row with a non-empty input.
+ALPACA_INPUT = (
+    "Below is an instruction that describes a task, paired with an input that provides further context. "
+    "Write a response that appropriately completes the request.\n\n"
+    "### Instruction:\n{instruction}\n\n### Input:\n{input}\n\n### Response:"
 )
 COT = "Question: {instruction}\nAnswer:"
 CHOICE = "choice"
@@ -63,12 +76,20 @@ _EVAL: dict[str, Callable[[str, Any], str]] = {
 }
 
 
-def training_prompt(template: str, instruction: str, tokenizer: Any = None) -> str:
-    """The prompt part of a training example (its tokens are masked from the loss)."""
-    try:
-        return _TRAIN[template](instruction, tokenizer)
-    except KeyError:
-        raise ValueError(f"unknown training template '{template}'; known: {', '.join(sorted(_TRAIN))}") from None
+def user_text(instruction: str, input_text: str = "") -> str:
+    """The user's text of an alpaca row: the instruction, and a non-empty input after one newline
+    (LLaMA-Factory's alpaca converter)."""
+    return f"{instruction}\n{input_text}" if input_text else instruction
+
+
+def training_prompt(template: str, instruction: str, tokenizer: Any = None, input_text: str = "") -> str:
+    """The prompt part of a training example (its tokens are masked from the loss); `input_text` is an
+    alpaca row's input (empty: none)."""
+    if template not in _TRAIN:
+        raise ValueError(f"unknown training template '{template}'; known: {', '.join(sorted(_TRAIN))}")
+    if input_text and template == "alpaca":
+        return ALPACA_INPUT.format(instruction=instruction, input=input_text)
+    return _TRAIN[template](user_text(instruction, input_text), tokenizer)
 
 
 def eval_prompt(template: str, question: str, tokenizer: Any = None) -> str:

@@ -77,15 +77,22 @@ class TrainSetConfig(_Strict):
     """One training set; every (train set, mode, seed) is one training run."""
 
     name: str = Field(description="Short label used in the table, e.g. numina_cot_10k.")
-    source: Literal["embedded", "hub", "local"] = Field(
-        "embedded", description="embedded: generated task; hub: a file of a dataset repo; local: a jsonl file."
+    source: Literal["embedded", "hub", "hub_dataset", "local"] = Field(
+        "embedded", description="embedded: generated task; hub: a file of a dataset repo; hub_dataset: "
+        "datasets.load_dataset(dataset, config, split, revision); local: a .jsonl/.json/.parquet file."
     )
     task: str | None = Field(None, description="Embedded task name (add, sub, mul).")
     repo: str | None = Field(None, description="Hub dataset repository, e.g. chichi56/ASFT.")
     filename: str | None = Field(
         None, description="File inside the dataset repository (source hub), or inside the folder `path` (source local)."
     )
-    revision: str = Field("main", description="Hub revision of the dataset repository.")
+    dataset: str | None = Field(
+        None, description="source hub_dataset: a hub dataset id (e.g. tatsu-lab/alpaca), or a local dataset folder "
+        "(data files, or a saved dataset) loaded by the same datasets.load_dataset call."
+    )
+    config: str | None = Field(None, description="source hub_dataset: the dataset's configuration (subset) name.")
+    split: str = Field("train", description="source hub_dataset: the split to train on.")
+    revision: str = Field("main", description="Hub revision of the dataset repository (sources hub, hub_dataset).")
     path: str | None = Field(
         None,
         description="Local .jsonl/.json/.parquet file, or a folder holding `filename` (source local); with source hub, "
@@ -95,14 +102,27 @@ class TrainSetConfig(_Strict):
         None, description="Expected sha256 of the file (checked; null: the published one for the paper's "
         "chichi56/ASFT files, none otherwise)."
     )
+    format: Literal["alpaca", "messages", "sharegpt"] = Field(
+        "alpaca", description="Row layout: alpaca (prompt_field, response_field and an optional input_field); "
+        "messages ([{role, content}] turns in messages_field); sharegpt ([{from, value}] turns, from human/gpt/"
+        "system). Conversations need tokenize.template: chat; every assistant turn is learned."
+    )
     prompt_field: str = Field("instruction", description="Row field holding the prompt.")
     response_field: str = Field("response", description="Row field holding the target response.")
+    input_field: str | None = Field(
+        "input", description="format alpaca: row field holding an optional input, joined to the prompt where "
+        "non-empty (Stanford Alpaca's prompt_input; null: never)."
+    )
+    messages_field: str | None = Field(
+        None, description="format messages/sharegpt: row field holding the turns (null: messages, resp. conversations)."
+    )
     size: int | None = Field(None, ge=1, description="Subsample this many rows (null: all).")
     subsample_seed: int = Field(0, ge=0, description="Seed of the subsample.")
 
     @model_validator(mode="after")
     def _source_fields(self) -> TrainSetConfig:
-        needed = {"embedded": ["task"], "hub": ["repo", "filename"], "local": ["path"]}[self.source]
+        needed = {"embedded": ["task"], "hub": ["repo", "filename"], "hub_dataset": ["dataset"],
+                  "local": ["path"]}[self.source]
         for field in needed:
             if getattr(self, field) in (None, ""):
                 raise ValueError(f"train_sets[{self.name}].{field}: required when source is '{self.source}'")
@@ -427,6 +447,11 @@ class Config(_Strict):
                 f"train.warmup_ratio ({self.train.warmup_ratio}) and train.warmup_steps ({self.train.warmup_steps}) "
                 "are both set; set warmup_steps: 0 to use the ratio, or warmup_ratio: null"
             )
+        for train_set in self.train_sets:
+            if train_set.source != "embedded" and train_set.format != "alpaca" and self.tokenize.template != "chat":
+                raise ValueError(
+                    f"train_sets[{train_set.name}].format: '{train_set.format}' rows are conversations, rendered with "
+                    f"the model's chat template: set tokenize.template: chat (it is '{self.tokenize.template}')")
         _check_precision_fits_deepspeed(self.train)
         if self.train.global_batch_size % self.train.per_device_batch_size:
             raise ValueError(f"train.global_batch_size: {self.train.global_batch_size} is not a multiple of "

@@ -12,7 +12,9 @@ column, and no traceback:
 Checked: train sets with `source: local`, hub train sets with a local mirror (`path`), and the
 `eval.benchmark_files` copies of the benchmarks in `eval.benchmarks`. Not checked: hub files
 without a mirror, fetched by the data job (which checks their sha256; files already in the hub
-cache are skipped too: finding them would mean resolving revisions at parse time). The data job
+cache are skipped too: finding them would mean resolving revisions at parse time), and
+`source: hub_dataset` sets, hub ids and local folders alike, which only `datasets.load_dataset` in
+the data job resolves (the rows are checked there, with the same messages). The data job
 reads every file again with the same readers (asft.train.data_checks), so a file changed after the
 parse still fails there, with the same message.
 """
@@ -22,7 +24,14 @@ from __future__ import annotations
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from asft.train.data_checks import LARGE_FILE_BYTES, DataFileError, check_jsonl_file, check_train_file, empty_file
+from asft.train.data_checks import (
+    LARGE_FILE_BYTES,
+    DataFileError,
+    RowSpec,
+    check_jsonl_file,
+    check_train_file,
+    empty_file,
+)
 
 if TYPE_CHECKING:
     from asft.workflow.config import Config, TrainSetConfig
@@ -55,10 +64,8 @@ def train_set_file(train_set: TrainSetConfig) -> Path:
 def train_set_problem(train_set: TrainSetConfig) -> str | None:
     """What is wrong with a train set's local file, as `train_sets[name].path: ...`; None if nothing."""
     setting = f"train_sets[{train_set.name}]"
-    columns = {train_set.prompt_field: f"{setting}.prompt_field",
-               train_set.response_field: f"{setting}.response_field"}
     try:
-        check_train_file(train_set_file(train_set), columns)
+        check_train_file(train_set_file(train_set), RowSpec.of(train_set, setting))
     except DataFileError as error:
         return f"{setting}.path: {error}"
     except (OSError, ValueError) as error:  # unreadable (permissions, a path the OS refuses)

@@ -39,6 +39,7 @@ from asft.train.settings import (
     EmbeddedData,
     EmbeddedModel,
     HubData,
+    HubDataset,
     HubModel,
     LocalData,
     LocalModel,
@@ -80,7 +81,12 @@ def data_settings(cfg: Config, train_set: TrainSetConfig) -> StageSettings:
     common = {"size": train_set.size, "subsample_seed": train_set.subsample_seed if train_set.size else None}
     if train_set.source == "embedded":
         return EmbeddedData(task=train_set.task, split_seed=cfg.model.embedded.split_seed, **common)
-    fields = {"prompt_field": train_set.prompt_field, "response_field": train_set.response_field}
+    fields = {"prompt_field": train_set.prompt_field, "response_field": train_set.response_field,
+              "format": train_set.format, "input_field": train_set.input_field,
+              "messages_field": train_set.messages_field}
+    if train_set.source == "hub_dataset":
+        return HubDataset(dataset=train_set.dataset, config=train_set.config, split=train_set.split,
+                          revision=train_set.revision, **fields, **common)
     sha256 = train_set.sha256.lower() if train_set.sha256 else None
     if train_set.source == "hub":
         # The paper's files (asft.train.data.PAPER_FILES) are pinned by their published sha256 when the
