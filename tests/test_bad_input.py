@@ -343,3 +343,50 @@ def test_snakemake_dry_run_stops_on_a_bad_file_with_the_message_only(tmp_path):
     assert expected in text and "WorkflowError" in text, text[-3000:]
     assert "Traceback (most recent call last)" not in text, text[-3000:]
     assert not (workdir / "results").exists() and not (workdir / ".snakemake" / "asft" / "nodes").exists()
+
+
+# --- the training data formats (docs/data.md, "Training data formats") ---------------------------------
+
+CHAT = [{"role": "user", "content": "2 + 2?"}, {"role": "assistant", "content": "4"}]
+CHAT_LAYER = {"tokenize": {"template": "chat", "max_length": 64}}
+
+
+def conversations_read_as_alpaca(tmp: Path):
+    write(tmp / "chat.jsonl", jsonl({"messages": CHAT}))
+    return {**CHAT_LAYER, **train_set(tmp / "chat.jsonl")}, (
+        f"train_sets[toy].path: {tmp}/chat.jsonl: line 1: no column 'instruction' (train_sets[toy].prompt_field); the "
+        "row has columns 'messages'; set train_sets[toy].prompt_field to the right one (column 'messages' holds "
+        "conversations: set train_sets[toy].format: messages)")
+
+
+def sharegpt_read_as_messages(tmp: Path):
+    write(tmp / "chat.jsonl", jsonl({"messages": [{"from": "human", "value": "2 + 2?"}, {"from": "gpt", "value": "4"}]}))
+    return {**CHAT_LAYER, **train_set(tmp / "chat.jsonl", format="messages")}, (
+        f"train_sets[toy].path: {tmp}/chat.jsonl: line 1: column 'messages' turn 1 of 2 has no 'role' (its keys: "
+        "'from', 'value'); these are sharegpt's keys: set format: sharegpt")
+
+
+def conversation_without_an_assistant_turn(tmp: Path):
+    write(tmp / "chat.json", json.dumps([{"messages": CHAT}, {"messages": CHAT[:1]}]).encode())
+    return {**CHAT_LAYER, **train_set(tmp / "chat.json", format="messages")}, (
+        f"train_sets[toy].path: {tmp}/chat.json: row 1 (counting from 0): column 'messages' has no assistant turn "
+        "(assistant): nothing to learn")
+
+
+def parquet_alpaca_input_not_text(tmp: Path):
+    write_parquet(tmp / "toy.parquet", {"instruction": ["a"], "input": [3], "response": ["b"]})
+    return train_set(tmp / "toy.parquet"), (
+        f"train_sets[toy].path: {tmp}/toy.parquet: column 'input' (train_sets[toy].input_field) holds int64, not text")
+
+
+FORMAT_CASES: list[Case] = [conversations_read_as_alpaca, sharegpt_read_as_messages,
+                            conversation_without_an_assistant_turn, parquet_alpaca_input_not_text]
+
+
+@pytest.mark.parametrize("case", FORMAT_CASES, ids=[case.__name__ for case in FORMAT_CASES])
+def test_bad_rows_of_each_format_stop_the_plan(tmp_path, case):
+    layer, expected = case(tmp_path)
+    message = plan_error(tmp_path, layer)
+    head, *lines = message.splitlines()
+    assert head == "invalid configuration:" and len(lines) == 1, message
+    assert lines[0] == "  " + expected, f"\n{lines[0]}\n  {expected}"
