@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
 import textwrap
@@ -58,13 +59,20 @@ def plugin(tmp_path, monkeypatch):
 
 
 @pytest.fixture
-def clean_benchmarks(monkeypatch):
-    monkeypatch.delenv(benchmarks.INCLUDE_PATH_ENV, raising=False)
+def clean_benchmarks():
+    """The registry and INCLUDE_PATH_ENV as they were (a parse sets the variable for its jobs)."""
+    import os
+
+    env = os.environ.pop(benchmarks.INCLUDE_PATH_ENV, None)
     before = dict(benchmarks._REGISTRY)
     yield
     benchmarks._REGISTRY.clear()
     benchmarks._REGISTRY.update(before)
     benchmarks._YAML_LOADED.clear()
+    benchmarks._FROM_ENV.clear()
+    os.environ.pop(benchmarks.INCLUDE_PATH_ENV, None)
+    if env is not None:
+        os.environ[benchmarks.INCLUDE_PATH_ENV] = env
 
 
 def config(**changes) -> dict:
@@ -312,7 +320,7 @@ def test_yaml_benchmark_errors_name_the_file_and_the_field(tmp_path, clean_bench
         parse_config(eval_config(folder))
     first = str(error.value).splitlines()[1]
     assert first.startswith("  eval.include_path: ")
-    assert __import__("re").search(message, first), first
+    assert re.search(message, first), first
 
 
 def test_unknown_benchmarks_get_did_you_mean_for_what_users_type():
@@ -322,3 +330,176 @@ def test_unknown_benchmarks_get_did_you_mean_for_what_users_type():
         assert "(did you mean '" in str(error.value), typed
     assert benchmarks.benchmark_hint("math500") == " (did you mean 'math_oai' (MATH-500)?)"
     assert benchmarks.benchmark_hint("gsm8") == " (did you mean 'gsm8k'?)"
+
+
+# --- asft ls ----------------------------------------------------------------------------------------------
+
+def test_asft_ls_lists_every_kind_with_a_line_each(capsys, plugin, tmp_path, clean_benchmarks):
+    from asft.ops.cli import main
+
+    assert main(["ls"]) == 0
+    out = capsys.readouterr().out
+    for title in ("loss modes", "benchmarks", "presets", "evaluation protocols", "grading policies"):
+        assert f"{title} (" in out
+    assert "  asft " in out and "math_oai" in out and "MATH-500" in out
+    assert "config/paper_math.yaml" in out and "ASFT Table 1, math half" in out and "schema.yaml" not in out
+    assert "qwen_harness" in out and "fork_cot_greedy" in out
+    # a config's plugins and YAML benchmarks are listed with it
+    folder = yaml_task(tmp_path / "tasks")
+    cfg = tmp_path / "mine.yaml"
+    cfg.write_text(yaml.safe_dump({"plugins": [str(plugin)], "modes": ["user-focal"],
+                                   "eval": {"include_path": [str(folder)]}}))
+    assert main(["ls", "modes", "--configfile", str(cfg)]) == 0
+    out = capsys.readouterr().out
+    assert "user-focal" in out and "Focal CE" in out and "plugin user_modes.py" in out and "gamma=2.0" in out
+    assert main(["ls", "benchmarks"]) == 0
+    assert re.search(r"user_sums +two sums a user wrote \(YAML: ", capsys.readouterr().out)
+
+
+def test_a_config_s_own_yaml_folder_replaces_benchmarks_inherited_from_the_environment(tmp_path, clean_benchmarks):
+    """A job inherits INCLUDE_PATH_ENV; a process that then parses another config with the same task name in
+    another folder uses its own folder's file."""
+    import os
+
+    os.environ[benchmarks.INCLUDE_PATH_ENV] = str(yaml_task(tmp_path / "old"))
+    assert len(benchmarks.load_problems("user_sums")) == 2
+    parse_config(eval_config(yaml_task(tmp_path / "new", rows=[{"q": "1+1?", "a": "2"}])))
+    assert len(benchmarks.load_problems("user_sums")) == 1
+
+
+# --- asft export ------------------------------------------------------------------------------------------
+
+def write_artifact(results: Path, node, files: dict[str, bytes | str]) -> Path:
+    from asft.workflow.artifacts import writing_artifact
+
+    final = results / node.stage / node.key
+    with writing_artifact(final, node) as tmp:
+        for name, content in files.items():
+            (tmp / name).parent.mkdir(parents=True, exist_ok=True)
+            (tmp / name).write_bytes(content if isinstance(content, bytes) else content.encode())
+    return final
+
+
+def hub_results(tmp_path) -> tuple[Path, object]:
+    """A results folder of one LoRA run of a hub model: model, train, merge, generate and score artifacts."""
+    raw = config(model={"source": "hub", "id": "Qwen/Qwen2.5-0.5B", "revision": "abc123"}, modes=["asft"],
+                 seeds=[1], evaluate_base=False)
+    plan = build_plan(parse_config(raw))
+    results = tmp_path / "results"
+    model = next(iter(plan.nodes["model"].values()))
+    write_artifact(results, model, {"config.json": "{}"})
+    train = next(iter(plan.nodes["train"].values()))
+    adapter = {"base_model_name_or_path": str(results / "model" / model.key), "peft_type": "LORA", "r": 8}
+    write_artifact(results, train, {"model/adapter_config.json": json.dumps(adapter),
+                                    "model/adapter_model.safetensors": b"weights", "metrics.jsonl": ""})
+    merge = next(iter(plan.nodes["merge"].values()))
+    write_artifact(results, merge, {"config.json": "{}", "model.safetensors": b"merged"})
+    for node in plan.nodes["generate"].values():
+        write_artifact(results, node, {"generation.json": "{}"})
+    for i, node in enumerate(sorted(plan.nodes["score"].values(), key=lambda n: n.labels["benchmark"])):
+        scores = {"accuracy": 50.0 + i, "pass@1": 50.0 + i, "grading": {"method": "grade", "policy": "strict"}}
+        write_artifact(results, node, {"scores.json": json.dumps(scores)})
+    return results, plan
+
+
+def test_export_of_a_lora_run_points_its_adapter_at_the_hub_id_and_has_a_model_card(tmp_path):
+    from asft.ops.export import export_artifact
+
+    results, plan = hub_results(tmp_path)
+    train = next(iter(plan.nodes["train"].values()))
+    folder, record = export_artifact(results / "train" / train.key, results=results, to=tmp_path / "out")
+    adapter = json.loads((folder / "adapter_config.json").read_text())
+    assert adapter["base_model_name_or_path"] == "Qwen/Qwen2.5-0.5B" and adapter["revision"] == "abc123"
+    assert (folder / "adapter_model.safetensors").read_bytes() == b"weights"
+    assert not (folder / "manifest.json").exists() and not (folder / "metrics.jsonl").exists()
+    card = (folder / "README.md").read_text()
+    assert card.startswith("---\nlibrary_name: peft\n") and "base_model: Qwen/Qwen2.5-0.5B" in card
+    assert "| mode | asft |" in card and "| seed | 1 |" in card and "kl_weight: 0.05" in card
+    # the scores of the merged model's evaluations (the run was evaluated through its merge)
+    assert {row["benchmark"] for row in record["scores"]} == {"embedded_mul", "embedded_add", "embedded_sub"}
+    assert "| embedded_add | strict | custom | 50.00 | pass@1 50.00 |" in card
+    assert record["name"] == "Qwen2.5-0.5B-asft-mul-seed1"
+    assert json.loads((folder / "asft_export.json").read_text())["train_key"] == train.key
+
+    # by key, the merge artifact, under a readable name; a non-empty target needs --force
+    merge = next(iter(plan.nodes["merge"].values()))
+    folder, record = export_artifact(merge.key, results=results, to=tmp_path / "merged", name="Qwen ASFT mul")
+    assert (folder / "model.safetensors").read_bytes() == b"merged" and record["format"] == "merged_weights"
+    assert "# Qwen ASFT mul" in (folder / "README.md").read_text() and len(record["scores"]) == 3
+    with pytest.raises(ValueError, match="not empty"):
+        export_artifact(merge.key, results=results, to=tmp_path / "merged")
+    export_artifact(merge.key, results=results, to=tmp_path / "merged", force=True)
+
+
+def test_export_refuses_what_is_not_a_sound_train_or_merge_artifact(tmp_path):
+    from asft.ops.export import export_artifact
+
+    results, plan = hub_results(tmp_path)
+    score = next(iter(plan.nodes["score"].values()))
+    with pytest.raises(ValueError, match="export a train or merge artifact"):
+        export_artifact(results / "score" / score.key, results=results, to=tmp_path / "x")
+    with pytest.raises(ValueError, match="no train or merge artifact with key"):
+        export_artifact("0" * 16, results=results, to=tmp_path / "x")
+    train = next(iter(plan.nodes["train"].values()))
+    (results / "train" / train.key / "model" / "adapter_model.safetensors").write_bytes(b"changed")
+    with pytest.raises(ValueError, match="is not sound"):
+        export_artifact(train.key, results=results, to=tmp_path / "x")
+
+
+def test_export_push_uploads_the_folder(tmp_path, monkeypatch, capsys):
+    import huggingface_hub
+
+    from asft.ops.cli import main
+
+    calls = []
+
+    class FakeApi:
+        def create_repo(self, **kwargs):
+            calls.append(("create_repo", kwargs))
+
+        def upload_folder(self, **kwargs):
+            calls.append(("upload_folder", kwargs))
+            return type("Info", (), {"commit_url": "https://hub/commit/1"})()
+
+    monkeypatch.setattr(huggingface_hub, "HfApi", FakeApi)
+    results, plan = hub_results(tmp_path)
+    train = next(iter(plan.nodes["train"].values()))
+    out = tmp_path / "exported"
+    assert main(["export", train.key, "--results", str(results), "--to", str(out), "--push", "me/qwen-asft",
+                 "--private"]) == 0
+    assert calls == [
+        ("create_repo", {"repo_id": "me/qwen-asft", "repo_type": "model", "private": True, "exist_ok": True}),
+        ("upload_folder", {"folder_path": str(out), "repo_id": "me/qwen-asft", "repo_type": "model",
+                           "commit_message": "asft export: Qwen2.5-0.5B-asft-mul-seed1"}),
+    ]
+    assert "pushed to me/qwen-asft: https://hub/commit/1" in capsys.readouterr().out
+    assert 'from_pretrained("me/qwen-asft")' in (out / "README.md").read_text()
+
+
+def test_an_exported_embedded_adapter_loads_with_peft(tmp_path, tiny_base, tiny_dataset):
+    import shutil
+
+    from peft import AutoPeftModelForCausalLM
+
+    from asft.ops.export import export_artifact
+    from asft.train.trainer import train_run
+    from tests.conftest import RUNTIME, train_settings
+
+    plan = build_plan(parse_config(config(modes=["sft"], seeds=[0], evaluate_base=False)))
+    results = tmp_path / "results"
+    model = next(iter(plan.nodes["model"].values()))
+    write_artifact(results, model, {p.name: p.read_bytes() for p in tiny_base.iterdir() if p.is_file()})
+    out = tmp_path / "run"
+    out.mkdir()
+    train_run(train_settings("sft", max_steps=1), RUNTIME, model_dir=tiny_base, dataset_dir=tiny_dataset,
+              out_dir=out, checkpoint_dir=tmp_path / "ckpt", progress=False)
+    train = next(iter(plan.nodes["train"].values()))
+    files = {f"model/{p.name}": p.read_bytes() for p in (out / "model").iterdir() if p.is_file()}
+    write_artifact(results, train, files)
+    shutil.rmtree(out)
+    folder, record = export_artifact(train.key, results=results, to=tmp_path / "exported")
+    adapter = json.loads((folder / "adapter_config.json").read_text())
+    assert adapter["base_model_name_or_path"] == str((results / "model" / model.key).resolve())
+    assert record["base"]["source"] == "embedded" and "embedded tiny Qwen2 model" in (folder / "README.md").read_text()
+    loaded = AutoPeftModelForCausalLM.from_pretrained(folder)
+    assert any("lora_A" in name for name, _ in loaded.named_parameters())

@@ -408,6 +408,7 @@ YAML_FIELDS = {
 _NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
 _PLACEHOLDER = re.compile(r"\{\{\s*([^{}]+?)\s*\}\}")
 _YAML_LOADED: set[str] = set()  # folders already read from INCLUDE_PATH_ENV
+_FROM_ENV: set[str] = set()  # benchmarks registered from INCLUDE_PATH_ENV only: a config's own folders replace them
 
 
 class YamlBenchmarkError(ValueError):
@@ -569,7 +570,7 @@ def describe_benchmark(bench: Benchmark) -> str:
     return f"{bench.display}: embedded test split (generated)"
 
 
-def load_include_path(folders: list[str | Path]) -> list[str]:
+def load_include_path(folders: list[str | Path], *, _from_env: bool = False) -> list[str]:
     """Register the benchmark of every `*.yaml`/`*.yml` file in the folders; returns their names.
 
     A file that is loaded again replaces its own benchmark (its content may have changed); a name
@@ -591,10 +592,12 @@ def load_include_path(folders: list[str | Path]) -> list[str]:
                 raise YamlBenchmarkError(f"{file}: task: '{bench.name}' is also defined by {seen[bench.name]}")
             if existing is not None and existing.spec_file is None:
                 raise YamlBenchmarkError(f"{file}: task: '{bench.name}' is a built-in benchmark; choose another name")
-            if existing is not None and existing.spec_file != bench.spec_file:
+            if existing is not None and existing.spec_file != bench.spec_file and (
+                    _from_env or bench.name not in _FROM_ENV):
                 raise YamlBenchmarkError(f"{file}: task: '{bench.name}' is also defined by {existing.spec_file}")
             seen[bench.name] = file
             _REGISTRY[bench.name] = bench
+            (_FROM_ENV.add if _from_env else _FROM_ENV.discard)(bench.name)
             names.append(bench.name)
         known = [p for p in os.environ.get(INCLUDE_PATH_ENV, "").split(os.pathsep) if p]
         if str(folder) not in known:
@@ -608,4 +611,4 @@ def _load_env_include_path() -> None:
     folders = [p for p in os.environ.get(INCLUDE_PATH_ENV, "").split(os.pathsep) if p and p not in _YAML_LOADED]
     if folders:
         _YAML_LOADED.update(folders)
-        load_include_path(folders)
+        load_include_path(folders, _from_env=True)

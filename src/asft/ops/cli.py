@@ -1,4 +1,4 @@
-"""`asft` command line: schema, plan, verify, status, migrate."""
+"""`asft` command line: schema, plan, verify, status, migrate, ls, export."""
 
 from __future__ import annotations
 
@@ -52,6 +52,19 @@ def _status(args: argparse.Namespace) -> int:
     return run_status(args.configfile, Path(args.results))
 
 
+def _ls(args: argparse.Namespace) -> int:
+    from asft.ops.ls import run_ls
+
+    return run_ls(args.kind, args.configfile)
+
+
+def _export(args: argparse.Namespace) -> int:
+    from asft.ops.export import run_export
+
+    return run_export(args.artifact, results=Path(args.results), to=args.to, name=args.name, push=args.push,
+                      base=args.base, force=args.force, private=args.private, verify=not args.no_verify)
+
+
 def main(argv: list[str] | None = None) -> int:
     from asft.workflow.config import ConfigError
 
@@ -76,6 +89,25 @@ def main(argv: list[str] | None = None) -> int:
     status.add_argument("--configfile", nargs="*", default=[], help="config files layered over the default")
     status.add_argument("--results", default="results", help="results folder")
     status.set_defaults(func=_status)
+    from asft.ops.ls import KINDS
+
+    ls = sub.add_parser("ls", help="list loss modes, benchmarks, presets, protocols or grading policies")
+    ls.add_argument("kind", nargs="?", choices=KINDS, help="what to list (default: all)")
+    ls.add_argument("--configfile", nargs="*", default=[],
+                    help="also list this config's plugins' modes and YAML benchmarks (eval.include_path)")
+    ls.set_defaults(func=_ls)
+    export = sub.add_parser("export", help="a train or merge artifact as a clean model folder with a model card "
+                            "(--push: upload it to the hub)")
+    export.add_argument("artifact", help="results/train/<key>, results/merge/<key> (or its manifest.json), or a key")
+    export.add_argument("--to", help="folder to write (default: exports/<name>)")
+    export.add_argument("--name", help="readable name (default: <model>-<mode>-<train set>-seed<seed>)")
+    export.add_argument("--push", metavar="REPO_ID", help="upload the folder to this hub model repository")
+    export.add_argument("--private", action="store_true", help="with --push: create the repository private")
+    export.add_argument("--base", help="base_model_name_or_path for a LoRA adapter (default: the base's hub id)")
+    export.add_argument("--force", action="store_true", help="replace a non-empty --to folder")
+    export.add_argument("--no-verify", action="store_true", help="skip checking the artifact against its manifest")
+    export.add_argument("--results", default="results", help="results folder")
+    export.set_defaults(func=_export)
     args = parser.parse_args(argv)
     try:
         return args.func(args)

@@ -36,6 +36,7 @@ import importlib
 import importlib.util
 import inspect
 import os
+import re
 import sys
 import warnings
 from collections.abc import Callable, Mapping
@@ -177,7 +178,12 @@ def _resolve(name: str, target: str, defaults: Mapping[str, object]) -> WeightFn
 
 
 def _first_line(text: str | None) -> str:
-    return (inspect.cleandoc(text).strip().splitlines() or [""])[0] if text else ""
+    """The first sentence of a docstring's first paragraph, on one line."""
+    if not text:
+        return ""
+    paragraph = " ".join(inspect.cleandoc(text).strip().split("\n\n")[0].split())
+    end = re.search(r"\.\s+(?=[A-Z])", paragraph)
+    return paragraph if end is None else paragraph[: end.start() + 1]
 
 
 def register_mode(
@@ -405,15 +411,15 @@ def ensure_plugin(mode: str, plugin: str, sha256: str, path: str | None) -> Loss
 # --------------------------------------------------------------------------------------------------
 
 
-@register_mode("sft+kl", uses_kl=True)
-@register_mode("sft")
+@register_mode("sft+kl", uses_kl=True, description="SFT + kl_weight * KL to the reference (the paper's SFT+KL ablation).")
+@register_mode("sft", description="SFT: token cross-entropy, w_i = 1.")
 def sft_weights(stats: TokenStats) -> Tensor:
     """SFT: token cross-entropy, w_i = 1. ``sft+kl`` adds kl_weight * KL (the paper's SFT+KL ablation)."""
     return stats.ce.new_ones(stats.ce.shape)
 
 
-@register_mode("asft", uses_kl=True)
-@register_mode("dft")
+@register_mode("asft", uses_kl=True, description="ASFT (arXiv 2509.23753): DFT + kl_weight * KL to the reference.")
+@register_mode("dft", description="DFT (arXiv 2508.05629): CE weighted by the detached target probability, w_i = sg(p(y_i)).")
 def dft_weights(stats: TokenStats) -> Tensor:
     """DFT (Wu et al. 2025, arXiv 2508.05629): CE weighted by the detached target probability,
     w_i = sg(p(y_i)), i.e. the loss -sg(p) * log p. ``asft`` (arXiv 2509.23753) adds kl_weight * KL."""
