@@ -41,12 +41,12 @@ def test_every_mode_trains_and_logs_its_terms(tmp_path, tiny_base, tiny_dataset,
     assert stats["steps"] == 4
     entries = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     logged = [e for e in entries if "loss" in e]
-    assert len(logged) == 4 and all(set(e) >= {"ce", "weighted_ce", "kl"} for e in logged)
+    assert len(logged) == 4 and all(set(e) >= {"ce", "weighted_ce"} for e in logged)
     if mode in ("sft+kl", "asft"):
         assert logged[0]["kl"] == pytest.approx(0.0, abs=1e-7)  # LoRA B starts at 0: policy == reference
         assert logged[-1]["kl"] > 0
     else:
-        assert all(e["kl"] == 0 for e in logged)
+        assert not any("kl" in e for e in logged)  # no KL term: missing, not a flat 0
     if mode in ("dft", "asft"):
         assert logged[0]["weighted_ce"] < logged[0]["ce"]
     assert (out / "curves.png").stat().st_size > 0

@@ -8,8 +8,9 @@ the runner returns (asft.workflow.artifacts.writing_artifact).
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from asft.core.settings import Runtime, StageSettings
 
@@ -22,6 +23,7 @@ class StageJob:
     out: Path  # the temporary folder to write into
     resume_dir: Path  # `<key>.partial/`: kept across a killed job, removed once the artifact is complete
     threads: int = 1
+    labels: Mapping[str, Any] = field(default_factory=dict)  # the plan's human labels (train set, mode, seed)
 
     def weights(self, role: str) -> Path:
         """The model weights a parent holds: `model/` inside a training run, the folder itself otherwise."""

@@ -25,7 +25,7 @@ def run_train_stage(job: StageJob) -> dict[str, Any]:
     """Train one (train set, mode, seed) run into `job.out`; checkpoints go to `job.resume_dir`, so a
     killed job resumes from its newest complete one."""
     paths = {"model_dir": job.parents["model"], "dataset_dir": job.parents["tokenize"] / "dataset",
-             "out_dir": job.out, "checkpoint_dir": job.resume_dir, "threads": job.threads}
+             "out_dir": job.out, "checkpoint_dir": job.resume_dir, "threads": job.threads, "labels": dict(job.labels)}
     if job.runtime.num_processes > 1:
         return launch_distributed(job.settings, job.runtime, num_processes=job.runtime.num_processes, **paths)
     from asft.train.trainer import train_run
@@ -34,7 +34,8 @@ def run_train_stage(job: StageJob) -> dict[str, Any]:
 
 
 def launch_distributed(settings: TrainSettings, runtime: TrainRuntime, *, model_dir: Path, dataset_dir: Path,
-                       out_dir: Path, checkpoint_dir: Path, threads: int, num_processes: int) -> dict[str, Any]:
+                       out_dir: Path, checkpoint_dir: Path, threads: int, num_processes: int,
+                       labels: dict[str, Any] | None = None) -> dict[str, Any]:
     """Run `train_run` in `num_processes` processes with torchrun (one per GPU; gloo on CPU)."""
     checkpoint_dir.mkdir(parents=True, exist_ok=True)
     spec = checkpoint_dir / LAUNCH_FILE
@@ -44,6 +45,7 @@ def launch_distributed(settings: TrainSettings, runtime: TrainRuntime, *, model_
         "settings": settings.model_dump(mode="json"), "runtime": runtime.model_dump(mode="json"),
         "model_dir": str(model_dir), "dataset_dir": str(dataset_dir), "out_dir": str(out_dir),
         "checkpoint_dir": str(checkpoint_dir), "threads": threads, "stats_file": str(stats_file),
+        "labels": dict(labels or {}),
     }))
     command = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={num_processes}",
                "-m", "asft.train.launch", str(spec)]
@@ -59,7 +61,7 @@ def _distributed_worker(spec_path: str) -> None:
     stats = train_run(TrainSettings.model_validate(spec["settings"]), TrainRuntime.model_validate(spec["runtime"]),
                       model_dir=Path(spec["model_dir"]), dataset_dir=Path(spec["dataset_dir"]),
                       out_dir=Path(spec["out_dir"]), checkpoint_dir=Path(spec["checkpoint_dir"]),
-                      threads=spec["threads"])
+                      threads=spec["threads"], labels=spec.get("labels") or {})
     if int(os.environ.get("RANK", "0")) == 0:
         Path(spec["stats_file"]).write_text(json.dumps(stats))
 

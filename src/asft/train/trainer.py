@@ -10,16 +10,23 @@ DeepSpeed prepares like the policy (ZeRO-3 sharded, as TRL prepares DPO's refere
 from __future__ import annotations
 
 import json
+import logging
 import math
 import os
-from collections.abc import Mapping
+import shutil
+import sys
+import time
+import warnings
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager
 from dataclasses import dataclass, field
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
 import torch
 from torch import Tensor, nn
-from transformers import Trainer, TrainerCallback
+from transformers import PrinterCallback, ProgressCallback, Trainer, TrainerCallback
 
 from asft.train.chunked_loss import chunked_loss
 from asft.train.checkpoints import last_complete_checkpoint
@@ -28,6 +35,8 @@ from asft.train.losses import LossOutput, compute_loss
 from asft.train.reference import Reference, capture_hidden, prepare_reference, unwrap
 from asft.train.modes import DEFAULT_KL_DIRECTION, get_mode
 from asft.train.settings import TrainRuntime, TrainSettings
+from asft.train.tracking import (TENSORBOARD_DIR, check_report_to, environment, run_name, run_tags,
+                                 tracker_environment, trackio_project)
 
 METRICS_FILE = "metrics.jsonl"
 NORMALIZATIONS = ("upstream", "microbatch_mean", "global_tokens")
@@ -58,6 +67,11 @@ class LossSpec:
     @property
     def needs_reference(self) -> bool:
         return get_mode(self.mode).needs_reference
+
+    @property
+    def computes_kl(self) -> bool:
+        """Whether the loss has a KL term: a mode without one logs no `kl` (missing, not 0)."""
+        return get_mode(self.mode).uses_kl
 
     def loss_kwargs(self) -> dict[str, Any]:
         return {"kl_weight": self.kl_weight, "kl_direction": self.kl_direction, **self.hparams}
@@ -122,7 +136,7 @@ class AnchoredTrainer(Trainer):
         return (loss, {"terms": terms}) if return_outputs else loss
 
     def _record(self, terms: LossOutput) -> None:
-        for name in ("ce", "weighted_ce", "kl"):
+        for name in ("ce", "weighted_ce", "kl") if self.loss_spec.computes_kl else ("ce", "weighted_ce"):
             self._term_sums[name] = self._term_sums.get(name, 0.0) + float(getattr(terms, name))
         self._term_count += 1
 
@@ -161,6 +175,150 @@ class MetricsWriter:
             entry = json.loads(line)
             by_key[(entry["step"], "loss" in entry)] = entry
         return [by_key[k] for k in sorted(by_key)]
+
+
+#: A progress line at the first and the last logged step, and between them at a logging step once
+#: this fraction of the run or this many seconds have passed since the last line.
+PROGRESS_EVERY_FRACTION = 0.05
+PROGRESS_EVERY_SECONDS = 120.0
+
+
+#: (log key, name in the line, format) of what a progress line shows, in order
+_PROGRESS_FIELDS = (("loss", "loss", ".4g"), ("ce", "ce", ".4g"), ("kl", "kl", ".3g"),
+                    ("learning_rate", "lr", ".2g"), ("grad_norm", "gnorm", ".3g"))
+
+
+def _duration(seconds: float) -> str:
+    return str(timedelta(seconds=round(max(seconds, 0.0))))
+
+
+def _rate(steps: int, seconds: float) -> str:
+    if steps <= 0 or seconds <= 0:
+        return "- it/s"
+    per_second = steps / seconds
+    return f"{per_second:.3g} it/s" if per_second >= 1 else f"{1 / per_second:.3g} s/it"
+
+
+def progress_line(step: int, total: int, logs: Mapping[str, Any], *, steps_done: int, seconds: float) -> str:
+    """`step 40/120 (33%) loss 1.234 ce 2.345 kl 0.0123 lr 4.1e-05 2.3 it/s eta 0:00:35`: the step, the
+    loss terms averaged over the steps since the previous log (no `kl` for a mode without one), the
+    learning rate, the speed of this attempt and the time left at that speed."""
+    parts = [f"step {step}/{total} ({100 * step // max(total, 1)}%)"]
+    for name, shown, fmt in _PROGRESS_FIELDS:
+        if isinstance(logs.get(name), (int, float)):
+            parts.append(f"{shown} {logs[name]:{fmt}}")
+    parts.append(_rate(steps_done, seconds))
+    if steps_done > 0 and seconds > 0:
+        parts.append(f"eta {_duration((total - step) * seconds / steps_done)}")
+    return " ".join(parts)
+
+
+class ProgressLines(TrainerCallback):
+    """Training progress as plain lines (a log file reads line by line; no carriage returns), in place of
+    the HF Trainer's raw log dicts; rank 0 only."""
+
+    def __init__(self, write: Callable[[str], None] | None = None) -> None:
+        self.write = write or (lambda line: print(line, flush=True))
+        self.start = 0.0
+        self.start_step = 0
+        self.printed_step: int | None = None
+        self.printed_at = 0.0
+        self.latest: Mapping[str, Any] = {}
+
+    def _line(self, state) -> str:
+        return progress_line(state.global_step, state.max_steps, self.latest,
+                             steps_done=state.global_step - self.start_step, seconds=time.monotonic() - self.start)
+
+    def on_train_begin(self, args, state, control, **kwargs):
+        self.start, self.start_step = time.monotonic(), state.global_step
+        self.printed_step, self.printed_at = None, self.start
+        if state.is_world_process_zero:
+            resumed = f", resuming after step {state.global_step}" if state.global_step else ""
+            self.write(f"[asft] training {state.max_steps} steps, a progress line at least every "
+                       f"{max(1, math.ceil(PROGRESS_EVERY_FRACTION * state.max_steps))} steps or "
+                       f"{PROGRESS_EVERY_SECONDS:g} s{resumed}")
+
+    def on_log(self, args, state, control, logs=None, **kwargs):
+        if not state.is_world_process_zero or not logs or "loss" not in logs:
+            return
+        self.latest = dict(logs)
+        now, step = time.monotonic(), state.global_step
+        every = max(1, math.ceil(PROGRESS_EVERY_FRACTION * state.max_steps))
+        due = (self.printed_step is None or step >= state.max_steps or step - self.printed_step >= every
+               or now - self.printed_at >= PROGRESS_EVERY_SECONDS)
+        if due:
+            self.write(self._line(state))
+            self.printed_step, self.printed_at = step, now
+
+    def on_train_end(self, args, state, control, **kwargs):
+        if not state.is_world_process_zero:
+            return
+        if self.latest and self.printed_step != state.global_step:
+            self.write(self._line(state))
+        seconds = time.monotonic() - self.start
+        done = state.global_step - self.start_step
+        final = f", last loss {self.latest['loss']:.4g}" if "loss" in self.latest else ""
+        self.write(f"[asft] trained {done} steps in {_duration(seconds)} ({_rate(done, seconds)}){final}")
+
+
+class _BarWithoutDicts(ProgressCallback):
+    """HF's ProgressCallback on a terminal: its tqdm bar, not its raw log dicts."""
+
+    def on_log(self, args, state, control, logs=None, **kwargs):
+        pass
+
+
+class _OnlyOnce(logging.Filter):
+    """Lets each distinct message through once (the library loggers' repeated warnings)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.seen: set[tuple[str, int, str]] = set()
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        key = (record.name, record.levelno, record.getMessage())
+        if key in self.seen:
+            return False
+        self.seen.add(key)
+        return True
+
+
+@contextmanager
+def readable_output(*, bars: bool) -> Iterator[None]:
+    """Each warning once (Python warnings and the transformers/peft/accelerate loggers'), and without
+    `bars` no tqdm bars from transformers or datasets (loading weights, mapping): a log file that is not
+    a terminal reads line by line."""
+    from transformers.utils import logging as hf_logging
+
+    once = _OnlyOnce()
+    handlers = [handler for name in ("transformers", "peft", "accelerate", "datasets", "torch")
+                for handler in logging.getLogger(name).handlers] + logging.getLogger().handlers
+    for handler in handlers:
+        handler.addFilter(once)
+    hf_bars = hf_logging.is_progress_bar_enabled()
+    if not bars:
+        hf_logging.disable_progress_bar()
+    try:
+        import datasets
+
+        datasets_bars = datasets.is_progress_bar_enabled()
+        if not bars:
+            datasets.disable_progress_bars()
+    except (ImportError, AttributeError):
+        datasets_bars = None
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("once")
+            yield
+    finally:
+        for handler in handlers:
+            handler.removeFilter(once)
+        if hf_bars:
+            hf_logging.enable_progress_bar()
+        if datasets_bars:
+            import datasets
+
+            datasets.enable_progress_bars()
 
 
 def _deepspeed_stage(path: str | None) -> int:
@@ -202,12 +360,41 @@ def train_run(
     checkpoint_dir: Path,
     threads: int = 1,
     progress: bool = True,
+    labels: Mapping[str, Any] | None = None,
 ) -> dict[str, Any]:
     """Train one (mode, seed) run; resume from checkpoint_dir if a previous attempt was killed.
 
     Writes the final adapter (LoRA) or model (full) to `out_dir/model`, the per-step metrics to
-    `out_dir/metrics.jsonl`, a curve plot, and returns summary stats.
+    `out_dir/metrics.jsonl`, a curve plot, TensorBoard event files to `out_dir/tensorboard/` when
+    `runtime.report_to` names it, and returns summary stats. `labels` (the plan's train set, mode,
+    seed) name the run for the trackers and the plot. With `progress`, progress goes to stdout: a tqdm
+    bar on a terminal, plain lines otherwise (a rule's log file).
     """
+    trackers = check_report_to(runtime.report_to)
+    labels = dict(labels or {})
+    tags = run_tags(labels, mode=settings.mode, seed=settings.seed)
+    bars = progress and sys.stderr.isatty()
+    with readable_output(bars=bars), environment(tracker_environment(trackers, tags)):
+        return _train(settings, runtime, model_dir=model_dir, dataset_dir=dataset_dir, out_dir=out_dir,
+                      checkpoint_dir=checkpoint_dir, threads=threads, progress=progress, bars=bars,
+                      trackers=trackers, name=run_name(labels, mode=settings.mode, seed=settings.seed))
+
+
+def _tensorboard_into(trainer: Trainer, folder: Path, resumed_step: int) -> None:
+    """HF's TensorBoard callback writes into `folder`; after a resume, TensorBoard drops the events the
+    killed attempt logged past the checkpoint (they are logged again)."""
+    from transformers.integrations import TensorBoardCallback
+
+    for callback in trainer.callback_handler.callbacks:
+        if isinstance(callback, TensorBoardCallback):
+            callback.logging_dir = str(folder)
+            if resumed_step and trainer.is_world_process_zero():
+                callback.tb_writer = callback._SummaryWriter(log_dir=str(folder), purge_step=resumed_step + 1)
+
+
+def _train(settings: TrainSettings, runtime: TrainRuntime, *, model_dir: Path, dataset_dir: Path, out_dir: Path,
+           checkpoint_dir: Path, threads: int, progress: bool, bars: bool, trackers: list[str],
+           name: str) -> dict[str, Any]:
     from datasets import load_from_disk
     from transformers import AutoTokenizer, TrainingArguments, set_seed
 
@@ -262,12 +449,14 @@ def train_run(
         save_strategy="steps",
         save_steps=runtime.save_steps,
         save_total_limit=1,
-        report_to=[],
+        report_to=trackers,
+        run_name=name,
+        project=trackio_project(),
         dataloader_num_workers=0,
         remove_unused_columns=False,
         deepspeed=runtime.deepspeed,
         activation_checkpointing=runtime.gradient_checkpointing,
-        disable_tqdm=not progress,
+        disable_tqdm=not bars,
         use_cpu=not torch.cuda.is_available(),
     )
     checkpoint_dir.mkdir(parents=True, exist_ok=True)
@@ -276,9 +465,20 @@ def train_run(
         model=model, args=args, train_dataset=dataset, data_collator=pad_collator(tokenizer.pad_token_id),
         processing_class=tokenizer, loss_spec=spec, reference=reference, callbacks=[metrics.as_callback()],
     )
+    trainer.remove_callback(PrinterCallback)  # raw log dicts: the progress lines say it readably
+    if bars:
+        from tqdm.auto import tqdm
+
+        trainer.pop_callback(ProgressCallback)
+        trainer.add_callback(_BarWithoutDicts())
+        trainer.add_callback(ProgressLines(write=tqdm.write))
+    elif progress:
+        trainer.add_callback(ProgressLines())
     if reference is not None and reference.frozen_copy is not None:
         reference.frozen_copy = prepare_reference(reference.frozen_copy, trainer)
     resume = last_complete_checkpoint(checkpoint_dir)
+    if "tensorboard" in trackers:
+        _tensorboard_into(trainer, checkpoint_dir / TENSORBOARD_DIR, int(resume.name.split("-")[-1]) if resume else 0)
     result = trainer.train(resume_from_checkpoint=str(resume) if resume else None)
 
     final = out_dir / "model"
@@ -290,7 +490,9 @@ def train_run(
     with open(out_dir / METRICS_FILE, "w") as handle:
         for entry in entries:
             handle.write(json.dumps(entry) + "\n")
-    plot_curves(entries, out_dir / "curves.png", title=f"{settings.mode} seed {seed}")
+    if "tensorboard" in trackers:
+        shutil.copytree(checkpoint_dir / TENSORBOARD_DIR, out_dir / TENSORBOARD_DIR, dirs_exist_ok=True)
+    plot_curves(entries, out_dir / "curves.png", title=name)
     losses = [e["loss"] for e in entries if "loss" in e]
     return {
         "steps": trainer.state.global_step,
@@ -303,7 +505,8 @@ def train_run(
 
 
 def plot_curves(entries: list[Mapping[str, Any]], path: Path, *, title: str) -> None:
-    """Loss terms over steps (CE beside the weighted loss: DFT's is 10-100x smaller)."""
+    """The run's loss terms over steps (CE beside the weighted loss: DFT's is 10-100x smaller) and, for a
+    mode with a KL term only, the KL to the reference; the title names the run (mode, seed, train set)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -311,15 +514,24 @@ def plot_curves(entries: list[Mapping[str, Any]], path: Path, *, title: str) -> 
 
     logged = [e for e in entries if "loss" in e]
     steps = [e["step"] for e in logged]
-    fig, axes = plt.subplots(1, 2, figsize=(9, 3.2))
+    with_kl = any("kl" in e for e in logged)
+    fig, axes = plt.subplots(1, 2 if with_kl else 1, figsize=(9, 3.4) if with_kl else (5, 3.4), squeeze=False)
+    losses = axes[0][0]
+    labels = {"loss": "loss (optimised)", "ce": "CE", "weighted_ce": "weighted CE"}
     for name in ("loss", "ce", "weighted_ce"):
-        axes[0].plot(steps, [e.get(name, math.nan) for e in logged], label=name)
-    axes[0].set_xlabel("step")
-    axes[0].legend()
-    axes[0].set_title(title)
-    axes[1].plot(steps, [e.get("kl", math.nan) for e in logged], color="tab:red")
-    axes[1].set_xlabel("step")
-    axes[1].set_title("KL to reference")
+        if any(name in e for e in logged):
+            losses.plot(steps, [e.get(name, math.nan) for e in logged], label=labels[name])
+    losses.set_xlabel("step")
+    losses.set_ylabel("loss per response token")
+    losses.set_title("loss")
+    losses.legend()
+    if with_kl:
+        kl = axes[0][1]
+        kl.plot(steps, [e.get("kl", math.nan) for e in logged], color="tab:red")
+        kl.set_xlabel("step")
+        kl.set_ylabel("KL per response token")
+        kl.set_title("KL to the reference")
+    fig.suptitle(title)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)

@@ -226,6 +226,19 @@ class TrainConfig(_Strict):
     )
     save_steps: int = Field(100, ge=1, description="Checkpoint every N steps (resume point). Not in the key.")
     logging_steps: int = Field(10, ge=1, description="Log metrics every N steps. Not in the key.")
+    report_to: list[Literal["none", "tensorboard", "wandb", "mlflow", "trackio"]] = Field(
+        default_factory=list, description="Experiment trackers the HF Trainer logs to (none, the default: only "
+        "metrics.jsonl). tensorboard writes into the run's artifact (<artifact>/tensorboard/); wandb, mlflow and "
+        "trackio read their own environment variables (docs/tracking.md). Its package must be installed. Not in "
+        "the key."
+    )
+
+    @field_validator("report_to")
+    @classmethod
+    def _trackers_installed(cls, names: list[str]) -> list[str]:
+        from asft.train.tracking import check_report_to
+
+        return check_report_to(names)
 
 
 class EvalConfig(_Strict):

@@ -55,7 +55,7 @@ def run_stage(node: Node, inputs: Mapping[str, Path], final: Path, *, threads: i
         extra["parent_check_seconds"] = round(time.perf_counter() - checking, 3)  # the cost, for the record
     with writing_artifact(final, node, extra) as tmp:
         job = StageJob(settings=node.settings, runtime=node.runtime, parents=dict(inputs), out=tmp,
-                       resume_dir=resume, threads=threads)
+                       resume_dir=resume, threads=threads, labels=dict(node.labels))
         stats = runner(job)
         (tmp / "stats.json").write_text(json.dumps(stats, indent=2, default=str) + "\n")
         extra["stats"] = stats

@@ -143,6 +143,7 @@ def train_runtime(cfg: Config) -> TrainRuntime:
         deepspeed=repo_path(cfg.train.deepspeed),
         gradient_checkpointing=cfg.train.gradient_checkpointing,
         num_processes=cfg.train.num_processes or max(1, cfg.resources.train.gpus),
+        report_to=tuple(cfg.train.report_to),
     )
 
 
