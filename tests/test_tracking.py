@@ -152,3 +152,38 @@ def test_the_training_log_reads_line_by_line(tmp_path, tiny_base, tiny_dataset):
     assert re.search(r"(?m)^\[asft\] trained 6 steps in \d+:\d\d:\d\d \(.*\), last loss \S+$", text)
     assert text.count("UserWarning: a repeated python warning") == 1, text
     assert text.count("a repeated library warning") == 1, text
+
+
+def test_a_resumed_run_logs_each_step_once_to_tensorboard(tmp_path, tiny_base, tiny_dataset, monkeypatch):
+    """Killed during step 4 with its checkpoint at step 2: steps 3-4 are trained and logged again, and
+    TensorBoard drops the killed attempt's step 3. A restart with no checkpoint starts the events afresh."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    from asft.train import trainer
+
+    runtime = RUNTIME.model_copy(update={"save_steps": 2, "report_to": ("tensorboard",)})
+    settings, ckpt = train_settings("asft", max_steps=4), tmp_path / "ckpt"
+    record = trainer.AnchoredTrainer._record
+
+    def killed_at_step_4(self, terms):
+        if self.state.global_step == 3:
+            raise KeyboardInterrupt("killed")
+        record(self, terms)
+
+    def attempt(name: str) -> Path:
+        out = tmp_path / name
+        out.mkdir()
+        train_run(settings, runtime, model_dir=tiny_base, dataset_dir=tiny_dataset, out_dir=out, checkpoint_dir=ckpt,
+                  progress=False)
+        return out
+
+    monkeypatch.setattr(trainer.AnchoredTrainer, "_record", killed_at_step_4)
+    with pytest.raises(KeyboardInterrupt):
+        attempt("killed")
+    monkeypatch.setattr(trainer.AnchoredTrainer, "_record", record)
+    assert [p.name for p in ckpt.glob("checkpoint-*")] == ["checkpoint-2"]
+    out = attempt("resumed")
+    events = EventAccumulator(str(out / "tensorboard"))
+    events.Reload()
+    assert [p.step for p in events.Scalars("train/loss")] == [1, 2, 3, 4]
+    assert [p.step for p in events.Scalars("train/kl")] == [1, 2, 3, 4]

@@ -478,6 +478,8 @@ def _train(settings: TrainSettings, runtime: TrainRuntime, *, model_dir: Path, d
         reference.frozen_copy = prepare_reference(reference.frozen_copy, trainer)
     resume = last_complete_checkpoint(checkpoint_dir)
     if "tensorboard" in trackers:
+        if resume is None and trainer.is_world_process_zero():  # events of an attempt that left no checkpoint
+            shutil.rmtree(checkpoint_dir / TENSORBOARD_DIR, ignore_errors=True)
         _tensorboard_into(trainer, checkpoint_dir / TENSORBOARD_DIR, int(resume.name.split("-")[-1]) if resume else 0)
     result = trainer.train(resume_from_checkpoint=str(resume) if resume else None)
 
