@@ -45,6 +45,15 @@ generate_inputs = parent_manifests("generate")
 score_inputs = parent_manifests("score")
 
 
+def job_words(stage):
+    """Params function: the job in words (`train asft seed 1 on numina_cot_10k`), shown by `message:`."""
+
+    def words(wildcards):
+        return PLAN.describe(stage, wildcards.key)
+
+    return words
+
+
 def report_labels(stage):
     """Report labels of a node (train set, mode, seed) for `snakemake --report`."""
 

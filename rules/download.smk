@@ -12,6 +12,10 @@ rule download_model:
         mem_mb=RES.download.mem_mb,
         runtime=RES.download.runtime,
         gpu=RES.download.gpus,
+    params:
+        job=job_words("model"),
+    message:
+        "{params.job} ({threads} threads, {resources.mem_mb} MB, {resources.runtime} min, {resources.gpu} GPU)"
     script:
         "../workflow/scripts/download_model.py"
 
@@ -28,5 +32,9 @@ rule download_data:
     resources:
         mem_mb=RES.download.mem_mb,
         runtime=RES.download.runtime,
+    params:
+        job=job_words("data"),
+    message:
+        "{params.job} ({threads} threads, {resources.mem_mb} MB, {resources.runtime} min)"
     script:
         "../workflow/scripts/download_data.py"

@@ -14,5 +14,9 @@ rule generate:
         mem_mb=RES.eval.mem_mb,
         runtime=RES.eval.runtime,
         gpu=RES.eval.gpus,
+    params:
+        job=job_words("generate"),
+    message:
+        "{params.job} ({threads} threads, {resources.mem_mb} MB, {resources.runtime} min, {resources.gpu} GPU)"
     script:
         "../workflow/scripts/generate.py"

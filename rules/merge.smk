@@ -13,5 +13,9 @@ rule merge:
     resources:
         mem_mb=RES.merge.mem_mb,
         runtime=RES.merge.runtime,
+    params:
+        job=job_words("merge"),
+    message:
+        "{params.job} ({threads} threads, {resources.mem_mb} MB, {resources.runtime} min)"
     script:
         "../workflow/scripts/merge.py"

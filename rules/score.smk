@@ -13,5 +13,9 @@ rule score:
     resources:
         mem_mb=RES.score.mem_mb,
         runtime=RES.score.runtime,
+    params:
+        job=job_words("score"),
+    message:
+        "{params.job} ({threads} threads, {resources.mem_mb} MB, {resources.runtime} min)"
     script:
         "../workflow/scripts/score.py"

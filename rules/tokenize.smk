@@ -13,5 +13,9 @@ rule tokenize:
     resources:
         mem_mb=RES.tokenize.mem_mb,
         runtime=RES.tokenize.runtime,
+    params:
+        job=job_words("tokenize"),
+    message:
+        "{params.job} ({threads} threads, {resources.mem_mb} MB, {resources.runtime} min)"
     script:
         "../workflow/scripts/tokenize.py"

@@ -20,5 +20,9 @@ rule train:
         mem_mb=RES.train.mem_mb,
         runtime=RES.train.runtime,
         gpu=RES.train.gpus,
+    params:
+        job=job_words("train"),
+    message:
+        "{params.job} ({threads} threads, {resources.mem_mb} MB, {resources.runtime} min, {resources.gpu} GPU)"
     script:
         "../workflow/scripts/train.py"

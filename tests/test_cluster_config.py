@@ -176,22 +176,25 @@ def test_slurm_profile_keys_are_options_of_snakemake_and_the_plugin():
         assert f"--{key}" in options, f"profiles/slurm: unknown option --{key}"
 
 
+#: A job's message (rules' `message:`) starts with what it does, in words: the rule it comes from.
+_RULE_OF_WORD = {"prepare": "download_model", "fetch": "download_data", "tokenize": "tokenize", "train": "train",
+                 "merge": "merge", "generate": "generate", "score": "score"}
+_JOB_LINE = re.compile(r"^Job \d+: (\w+) .* \((\d+) threads, (\d+) MB, (\d+) min(?:, (\d+) GPU)?\)$", re.M)
+
+
 def _dry_run_jobs(tmp_path: Path, *layers: Path) -> dict[str, list[dict]]:
-    """Rule -> the jobs of `snakemake -n`, each with its printed threads and resources."""
+    """Rule -> the jobs of `snakemake -n`, each with the threads and resources Snakemake resolved for it
+    (each rule's `message:` names the job in words and shows them)."""
     # --cores 256: a dry run caps threads at --cores (1 by default); a SLURM run has no such cap.
     command = [sys.executable, "-m", "snakemake", "-s", str(ROOT / "Snakefile"), "--directory", str(tmp_path),
                "-n", "--cores", "256", "--configfile", str(TINY), *map(str, layers)]
     out = subprocess.run(command, capture_output=True, text=True, timeout=300)
     assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
     jobs: dict[str, list[dict]] = {}
-    for block in re.split(r"\n(?=\[[^\]]+\]\nrule )", out.stdout):
-        rule = re.search(r"^rule (\w+):", block.split("\n", 1)[-1], flags=re.M)
-        if not rule:
-            continue
-        threads = re.search(r"^\s+threads: (\d+)", block, flags=re.M)
-        resources = re.search(r"^\s+resources: (.*)$", block, flags=re.M)
-        parsed = dict(item.split("=", 1) for item in resources.group(1).split(", ")) if resources else {}
-        jobs.setdefault(rule.group(1), []).append({"threads": int(threads.group(1)) if threads else 1, **parsed})
+    for word, threads, mem_mb, runtime, gpu in _JOB_LINE.findall(out.stdout):
+        job = {"threads": int(threads), "mem_mb": mem_mb, "runtime": runtime, **({"gpu": gpu} if gpu else {})}
+        jobs.setdefault(_RULE_OF_WORD[word], []).append(job)
+    assert "Shell command" not in out.stdout  # script rules: nothing to echo
     return jobs
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import json
+import os
 import re
 import subprocess
 import sys
@@ -133,6 +134,27 @@ def test_new_seed_trains_only_the_new_seed(tiny_run, tmp_path):
     layer.write_text("seeds: [0, 1]\n")
     jobs = planned_jobs(tiny_run, "--configfile", str(TINY), str(layer))
     assert jobs == Counter(train=2, merge=2, generate=6, score=6, aggregate=1, publish=1, all=1)
+
+
+@pytest.mark.slow
+def test_runs_index_names_each_runs_content_keyed_folders(tiny_run):
+    """results/runs/<train set>/<mode>/seed<k>/ links to the run's train, merge, generate and score folders."""
+    runs = tiny_run / "results" / "runs"
+    rows = list(csv.DictReader(open(runs / "index.csv")))
+    assert len(rows) == 9 and {r["run"] for r in rows} == {"base", "mul/sft/seed0", "mul/asft/seed0"}
+
+    def labels(link: Path) -> dict:
+        assert link.is_symlink() and not Path(os.readlink(link)).is_absolute()  # relative: the folder can move
+        return json.loads((link / "manifest.json").read_text())["labels"]
+
+    for mode in ("sft", "asft"):
+        run = runs / "mul" / mode / "seed0"
+        assert labels(run / "train")["mode"] == mode and labels(run / "merge")["mode"] == mode
+        for bench in ("embedded_mul", "embedded_add", "embedded_sub"):
+            assert labels(run / "generate" / bench) == {"train_set": "mul", "mode": mode, "seed": 0,
+                                                       "benchmark": bench}
+            assert json.loads((run / "score" / bench / "strict" / "scores.json").read_text())["benchmark"] == bench
+    assert labels(runs / "base" / "generate" / "embedded_mul")["mode"] == "base" and not (runs / "base" / "train").exists()
 
 
 @pytest.mark.slow

@@ -164,10 +164,18 @@ def run_aggregate_from_snakemake(smk: Any) -> None:
 
 
 def publish_from_snakemake(smk: Any) -> None:
-    """Copy each keyed table file to its fixed name (temp file + rename: never half-written)."""
+    """Copy each keyed table file to its fixed name (temp file + rename: never half-written), and
+    rebuild results/runs/, the browsable index of the published table's runs (asft.workflow.run_index)."""
     import shutil
 
-    for name, source in smk.input.items():
-        tmp = Path(smk.output[name] + ".tmp")
-        shutil.copyfile(source, tmp)
-        tmp.replace(smk.output[name])
+    from asft.workflow.run_index import write_run_index
+
+    with redirect_output(smk.log[0] if smk.log else None), failures_logged("publish"):
+        for name, source in smk.input.items():
+            tmp = Path(smk.output[name] + ".tmp")
+            shutil.copyfile(source, tmp)
+            tmp.replace(smk.output[name])
+        table = Path(smk.input[0]).parent
+        results = table.parent.parent
+        rows = json.loads((table / "plan.json").read_text())["rows"]
+        print(f"[asft] published {table.name}; runs indexed in {write_run_index(results, rows)}", flush=True)

@@ -222,6 +222,24 @@ class Plan:
                    "benchmarks": self.config.eval.benchmarks, "modes": self.config.modes, "name": self.config.name}
         return hashlib.sha256(canonical_json(payload).encode()).hexdigest()[:KEY_LENGTH]
 
+    def describe(self, stage: str, key: str) -> str:
+        """The job in words, for Snakemake's console (`message:`) and the logs: `train asft seed 1 on
+        numina_cot_10k`, `generate math_oai with asft seed 1 (numina_cot_10k)`."""
+        labels = self.node(stage, key).labels
+        if stage == "model":
+            return f"prepare the base model ({labels.get('model')})"
+        if stage in ("data", "tokenize"):
+            return f"{'fetch' if stage == 'data' else 'tokenize'} the train set {labels.get('train_set')}"
+        run = ("the base model" if labels.get("mode") == BASE_LABEL
+               else f"{labels.get('mode')} seed {labels.get('seed')} on {labels.get('train_set')}")
+        if stage in ("train", "merge"):
+            return f"{'train' if stage == 'train' else 'merge the adapter of'} {run}"
+        if stage == "generate":
+            return f"generate {labels.get('benchmark')} with {run}"
+        how = ("by the chosen letter" if self.node(stage, key).settings.method == "choose_letter"
+               else f"with {', '.join(labels.get('policies', []))}")
+        return f"score {labels.get('benchmark')} of {run} {how}"
+
     def eval_rows(self) -> list[dict[str, Any]]:
         """One row per (evaluation, grading policy): its labels and score key (what the aggregate reads).
         A multiple-choice score has no policy: its one score node is the row of every policy."""
