@@ -503,3 +503,24 @@ def test_an_exported_embedded_adapter_loads_with_peft(tmp_path, tiny_base, tiny_
     assert record["base"]["source"] == "embedded" and "embedded tiny Qwen2 model" in (folder / "README.md").read_text()
     loaded = AutoPeftModelForCausalLM.from_pretrained(folder)
     assert any("lora_A" in name for name, _ in loaded.named_parameters())
+
+
+def test_a_lora_adapter_names_its_hub_base_by_id(tmp_path):
+    """peft writes the folder the base was loaded from (results/model/<key>); the train stage names a hub
+    base by its id and revision instead, and leaves embedded/local bases alone."""
+    from asft.train.launch import name_the_base
+
+    weights, model = tmp_path / "run" / "model", tmp_path / "model"
+    weights.mkdir(parents=True)
+    model.mkdir()
+    adapter = {"base_model_name_or_path": str(model), "r": 8, "peft_type": "LORA"}
+    for settings, expected in (({"source": "hub", "id": "Qwen/Qwen2.5-7B", "revision": "main"}, ("Qwen/Qwen2.5-7B", None)),
+                               ({"source": "hub", "id": "meta-llama/Llama-2-7b-hf", "revision": "abc123"},
+                                ("meta-llama/Llama-2-7b-hf", "abc123")),
+                               ({"source": "embedded"}, (str(model), None))):
+        (weights / "adapter_config.json").write_text(json.dumps(adapter))
+        (model / "manifest.json").write_text(json.dumps({"settings": settings}))
+        name_the_base(weights, model)
+        written = json.loads((weights / "adapter_config.json").read_text())
+        assert (written["base_model_name_or_path"], written.get("revision")) == expected and written["r"] == 8
+    name_the_base(tmp_path / "full-weights", model)  # no adapter (full fine-tuning): nothing to do

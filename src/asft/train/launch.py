@@ -27,10 +27,30 @@ def run_train_stage(job: StageJob) -> dict[str, Any]:
     paths = {"model_dir": job.parents["model"], "dataset_dir": job.parents["tokenize"] / "dataset",
              "out_dir": job.out, "checkpoint_dir": job.resume_dir, "threads": job.threads, "labels": dict(job.labels)}
     if job.runtime.num_processes > 1:
-        return launch_distributed(job.settings, job.runtime, num_processes=job.runtime.num_processes, **paths)
-    from asft.train.trainer import train_run
+        stats = launch_distributed(job.settings, job.runtime, num_processes=job.runtime.num_processes, **paths)
+    else:
+        from asft.train.trainer import train_run
 
-    return train_run(job.settings, job.runtime, **paths)
+        stats = train_run(job.settings, job.runtime, **paths)
+    name_the_base(job.out / "model", job.parents["model"])
+    return stats
+
+
+def name_the_base(weights: Path, model_artifact: Path) -> None:
+    """A LoRA adapter names its base as users know it: peft wrote the local folder it was loaded from
+    (results/model/<key>); a hub base becomes its id (and revision), so the adapter loads anywhere.
+    Embedded and local bases keep the folder (they have no other name)."""
+    config_file = weights / "adapter_config.json"
+    if not config_file.is_file():
+        return
+    settings = json.loads((model_artifact / "manifest.json").read_text()).get("settings") or {}
+    if settings.get("source") != "hub" or not settings.get("id"):
+        return
+    config = json.loads(config_file.read_text())
+    config["base_model_name_or_path"] = settings["id"]
+    if settings.get("revision", "main") != "main":
+        config["revision"] = settings["revision"]
+    config_file.write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
 
 
 def launch_distributed(settings: TrainSettings, runtime: TrainRuntime, *, model_dir: Path, dataset_dir: Path,
