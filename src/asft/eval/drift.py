@@ -8,12 +8,28 @@ batched exactly as training examples are (asft.train.data.encode_batch and pad_c
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import Any
 
 import torch
 
 from asft.eval.benchmarks import Problem
+
+
+HiddenAndHead = Callable[[dict[str, torch.Tensor]], tuple[torch.Tensor, torch.Tensor]]
+
+
+def hidden_and_head(net: torch.nn.Module) -> HiddenAndHead:
+    """A model's final hidden states on a batch and its LM head weight (what the chunked KL reads)."""
+    from asft.train.reference import capture_hidden, unwrap
+
+    def forward(inputs: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+        with capture_hidden(unwrap(net)) as store:
+            net(**inputs, logits_to_keep=1)
+        return store["hidden"], unwrap(net).get_output_embeddings().weight
+
+    return forward
 
 
 @torch.no_grad()
@@ -22,41 +38,48 @@ def drift(model_dir: Path, base_dir: Path, problems: Sequence[Problem], *, templ
     """Mean per-token KL(base || model) over the gold solution tokens of the problems; None without any."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
+    if not any(p.solution for p in problems):
+        return None
+    cuda = torch.cuda.is_available()
+    device, dtype = ("cuda", torch.bfloat16) if cuda else ("cpu", torch.float32)
+    tokenizer = AutoTokenizer.from_pretrained(model_dir)
+    model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=dtype).to(device).eval()
+    base = AutoModelForCausalLM.from_pretrained(base_dir, dtype=dtype).to(device).eval()
+    return drift_between(hidden_and_head(model), hidden_and_head(base), tokenizer, problems, template=template,
+                         device=device, max_length=getattr(model.config, "max_position_embeddings", 4096),
+                         batch_size=batch_size or (8 if cuda else 64), max_problems=max_problems,
+                         what=f"drift of {model_dir}")
+
+
+@torch.no_grad()
+def drift_between(model: HiddenAndHead, base: HiddenAndHead, tokenizer: Any, problems: Sequence[Problem], *,
+                  template: str, device: Any, max_length: int = 4096, batch_size: int = 64, max_problems: int = 256,
+                  what: str = "drift") -> float | None:
+    """`drift` of two models in memory, each given as its hidden-states-and-head function (`hidden_and_head`,
+    or a trainer's `Reference.hidden_and_head` for the base: a LoRA model under `disable_adapter()`)."""
     from asft.train.chunked_loss import chunked_loss
     from asft.train.data import encode_batch, pad_collator
     from asft.train.models import require_pad_token_id
-    from asft.train.reference import capture_hidden
 
     rows = [p for p in problems if p.solution][:max_problems]
     if not rows:
         return None
-    cuda = torch.cuda.is_available()
-    device, dtype = ("cuda", torch.bfloat16) if cuda else ("cpu", torch.float32)
-    batch_size = batch_size or (8 if cuda else 64)
-    tokenizer = AutoTokenizer.from_pretrained(model_dir)
-    collate = pad_collator(require_pad_token_id(tokenizer, f"drift of {model_dir}"))
-    model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=dtype).to(device).eval()
-    base = AutoModelForCausalLM.from_pretrained(base_dir, dtype=dtype).to(device).eval()
-    limit = getattr(model.config, "max_position_embeddings", 4096)
+    collate = pad_collator(require_pad_token_id(tokenizer, what))
     prompt_template = template if template in ("plain", "alpaca", "chat") else "plain"  # cot, choice: plain
     total, count = 0.0, 0
     for start in range(0, len(rows), batch_size):
         batch = rows[start : start + batch_size]
         encoded = encode_batch([p.question for p in batch], [p.solution for p in batch], tokenizer,
-                               template=prompt_template, max_length=limit, overlong="truncate")
+                               template=prompt_template, max_length=max_length, overlong="truncate")
         features = [{"input_ids": ids, "labels": labels}
                     for ids, labels in zip(encoded["input_ids"], encoded["labels"]) if ids]
         if not features:
             continue
         inputs = {name: tensor.to(device) for name, tensor in collate(features).items()}
         labels = inputs.pop("labels")
-        hidden = {}
-        for name, net in (("model", model), ("base", base)):
-            with capture_hidden(net) as store:
-                net(**inputs, logits_to_keep=1)
-            hidden[name] = store["hidden"]
-        terms = chunked_loss(hidden["model"], model.get_output_embeddings().weight, labels, "sft+kl",
-                             ref_hidden=hidden["base"], ref_head_weight=base.get_output_embeddings().weight,
+        hidden, head = model(inputs)
+        ref_hidden, ref_head = base(inputs)
+        terms = chunked_loss(hidden, head, labels, "sft+kl", ref_hidden=ref_hidden, ref_head_weight=ref_head,
                              kl_weight=1.0)
         total += float(terms.kl) * terms.n_tokens
         count += terms.n_tokens

@@ -44,15 +44,26 @@ def cut_at_stop(text: str, stop: Sequence[str]) -> str:
 def generate_hf(
     model_dir: Path, prompts: Sequence[str], sampling: Sampling, *, batch_size: int = 64, progress: bool = True
 ) -> list[list[str]]:
-    from tqdm.auto import tqdm
     from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    from asft.train.models import require_pad_token_id
 
     device = "cuda" if torch.cuda.is_available() else "cpu"
     tokenizer = AutoTokenizer.from_pretrained(model_dir, padding_side="left")
-    pad_id = require_pad_token_id(tokenizer, f"generation with {model_dir}")
     model = AutoModelForCausalLM.from_pretrained(model_dir).to(device).eval()
+    torch.manual_seed(sampling.seed)
+    return generate_with(model, tokenizer, prompts, sampling, batch_size=batch_size, progress=progress,
+                         what=f"generation with {model_dir}")
+
+
+def generate_with(model: Any, tokenizer: Any, prompts: Sequence[str], sampling: Sampling, *, batch_size: int = 64,
+                  progress: bool = True, what: str = "generation") -> list[list[str]]:
+    """`generate_hf` on a model already in memory (in eval mode, on its device): batched, left padding.
+    Sampling draws from torch's global generator as it stands (generate_hf seeds it first)."""
+    from tqdm.auto import tqdm
+
+    from asft.train.models import require_pad_token_id
+
+    device = next(model.parameters()).device
+    pad_id = require_pad_token_id(tokenizer, what)
     greedy = sampling.temperature == 0
     options = {
         "max_new_tokens": sampling.max_new_tokens,
@@ -65,18 +76,21 @@ def generate_hf(
         options.update(temperature=sampling.temperature, top_p=sampling.top_p, top_k=0)
     else:
         options.update(temperature=None, top_p=None, top_k=None)
-    torch.manual_seed(sampling.seed)
+    side, tokenizer.padding_side = tokenizer.padding_side, "left"
     outputs: list[list[str]] = []
-    batches = range(0, len(prompts), batch_size)
-    for start in tqdm(batches, desc="generate", disable=not progress):
-        chunk = list(prompts[start : start + batch_size])
-        encoded = tokenizer(chunk, return_tensors="pt", padding=True, add_special_tokens=False).to(device)
-        with torch.no_grad():
-            generated = model.generate(**encoded, **options)
-        new_tokens = generated[:, encoded["input_ids"].shape[1] :]
-        texts = tokenizer.batch_decode(new_tokens, skip_special_tokens=True)
-        for i in range(len(chunk)):
-            outputs.append([cut_at_stop(t, sampling.stop) for t in texts[i * sampling.n : (i + 1) * sampling.n]])
+    try:
+        batches = range(0, len(prompts), batch_size)
+        for start in tqdm(batches, desc="generate", disable=not progress):
+            chunk = list(prompts[start : start + batch_size])
+            encoded = tokenizer(chunk, return_tensors="pt", padding=True, add_special_tokens=False).to(device)
+            with torch.no_grad():
+                generated = model.generate(**encoded, **options)
+            new_tokens = generated[:, encoded["input_ids"].shape[1] :]
+            texts = tokenizer.batch_decode(new_tokens, skip_special_tokens=True)
+            for i in range(len(chunk)):
+                outputs.append([cut_at_stop(t, sampling.stop) for t in texts[i * sampling.n : (i + 1) * sampling.n]])
+    finally:
+        tokenizer.padding_side = side
     return outputs
 
 
@@ -160,15 +174,25 @@ def next_token_top_hf(model_dir: Path, prompts: Sequence[str], *, top_k: int = T
     Prompts are tokenized with special tokens (a Llama tokenizer adds BOS), as vLLM tokenizes them;
     prompts of similar length share a batch.
     """
-    from tqdm.auto import tqdm
     from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    from asft.train.models import require_pad_token_id
 
     device = "cuda" if torch.cuda.is_available() else "cpu"
     tokenizer = AutoTokenizer.from_pretrained(model_dir)
-    pad_id = require_pad_token_id(tokenizer, f"multiple-choice scoring with {model_dir}")
     model = AutoModelForCausalLM.from_pretrained(model_dir).to(device).eval()
+    return next_token_top_with(model, tokenizer, prompts, top_k=top_k, batch_size=batch_size, progress=progress,
+                               what=f"multiple-choice scoring with {model_dir}")
+
+
+def next_token_top_with(model: Any, tokenizer: Any, prompts: Sequence[str], *, top_k: int = TOP_LOGPROBS,
+                        batch_size: int = 64, progress: bool = True,
+                        what: str = "multiple-choice scoring") -> list[NextToken]:
+    """`next_token_top_hf` on a model already in memory (in eval mode, on its device)."""
+    from tqdm.auto import tqdm
+
+    from asft.train.models import require_pad_token_id
+
+    device = next(model.parameters()).device
+    pad_id = require_pad_token_id(tokenizer, what)
     encoded = tokenizer(list(prompts), add_special_tokens=True)["input_ids"]
     order = sorted(range(len(prompts)), key=lambda i: len(encoded[i]))
     results: dict[int, NextToken] = {}
