@@ -20,7 +20,7 @@ from asft.train.chunked_loss import chunked_loss
 from asft.train.losses import available_modes, compute_loss, get_mode, register_mode
 
 DIRECTIONS = ("ref_policy", "policy_ref")
-EXPECTED_MODES = {"sft", "dft", "sft+kl", "asft", "sft-topk", "sft-antiop", "sft-lr"}
+EXPECTED_MODES = {"sft", "dft", "sft+kl", "asft", "sft-topk", "sft-antiop", "sft-lr", "asft-sft", "iw-sft"}
 KL_WEIGHT = 0.3
 
 
@@ -82,6 +82,16 @@ def formula_loss(logits, labels, mode, *, kl_weight=0.0, ref_logits=None, kl_dir
         q = torch.softmax(ref_logits[:, :-1].double()[mask], -1)
         q_y = q[torch.arange(n), y]
         w = torch.clamp(1 + hp.get("alpha", 1.0) * torch.clamp(q_y - p_y.detach(), -1, 1), min=0.1)
+    elif mode == "asft-sft":  # DFT + alpha * SFT
+        w = p_y.detach() + hp.get("alpha", 0.1)
+    elif mode == "iw-sft":  # one weight per sequence: exp(temp * mean log(p/q)) clipped to [0, max_weight]
+        q = torch.softmax(ref_logits[:, :-1].double()[mask], -1)
+        log_ratio = torch.log(p_y.detach()) - torch.log(q[torch.arange(n), y])
+        row = mask.nonzero()[:, 0]
+        w = torch.zeros(n, dtype=torch.float64)
+        for b in row.unique().tolist():
+            mean = log_ratio[row == b].mean()
+            w[row == b] = torch.clamp(torch.exp(hp.get("temp", 1.0) * mean), 0.0, hp.get("max_weight", 16.0))
     else:
         raise AssertionError(mode)
     kl = torch.zeros(n, dtype=torch.float64)
@@ -109,16 +119,19 @@ def test_registry_has_the_published_and_extension_modes():
     assert get_mode("sft-topk").defaults == {"keep": 0.7}
     assert get_mode("sft-antiop").defaults == {"mult": 3.0}
     assert get_mode("sft-lr").defaults == {"alpha": 1.0}
+    assert get_mode("asft-sft").defaults == {"alpha": 0.1}
+    assert get_mode("iw-sft").defaults == {"temp": 1.0, "max_weight": 16.0}
     needs_ref = {m for m in available_modes() if get_mode(m).needs_reference}
-    assert needs_ref == {"sft+kl", "asft", "sft-lr"}
-    assert {m for m in available_modes() if get_mode(m).batch_level} == {"sft-topk", "sft-antiop"}
+    assert needs_ref == {"sft+kl", "asft", "sft-lr", "iw-sft"}
+    assert {m for m in available_modes() if get_mode(m).batch_level} == {"sft-topk", "sft-antiop", "iw-sft"}
 
 
 @pytest.mark.parametrize("direction", DIRECTIONS)
 @pytest.mark.parametrize("mode", sorted(EXPECTED_MODES))
 def test_compute_loss_matches_formula(mode, direction):
     logits, ref_logits, labels = make_batch()
-    for hp in ({}, {"sft-topk": {"keep": 0.4}, "sft-antiop": {"mult": 1.2}, "sft-lr": {"alpha": 0.5}}.get(mode, {})):
+    for hp in ({}, {"sft-topk": {"keep": 0.4}, "sft-antiop": {"mult": 1.2}, "sft-lr": {"alpha": 0.5},
+                    "asft-sft": {"alpha": 2.0}, "iw-sft": {"temp": 0.5, "max_weight": 1.5}}.get(mode, {})):
         kw = kwargs_for(mode, direction)
         x = logits.clone().requires_grad_()
         out = compute_loss(x, labels, mode, ref_logits=ref_logits, **kw, **hp)
@@ -192,11 +205,11 @@ def test_kl_is_zero_when_policy_is_reference(anchored, plain, direction):
     assert close(out.loss, compute_loss(logits, labels, plain).loss) and torch.allclose(g, g2, atol=1e-7)
 
 
-@pytest.mark.parametrize("mode", ["sft", "dft", "asft", "sft-lr"])
+@pytest.mark.parametrize("mode", ["sft", "dft", "asft", "sft-lr", "asft-sft", "iw-sft"])
 def test_num_items_global_token_normalisation(mode):
     """Two micro-batches with num_items = tokens of both: their losses sum to the loss of the union.
 
-    Holds for modes whose weights are per token; batch-level modes (top-k, anti-outlier) select tokens
+    Holds for modes whose weights are per token or per sequence (iw-sft); batch-level modes (top-k, anti-outlier) select tokens
     within each micro-batch, as upstream does."""
     logits, ref_logits, labels = make_batch(B=5, seed=3)
     kw = kwargs_for(mode)
@@ -293,7 +306,7 @@ def test_argument_errors_name_the_argument():
         compute_loss(logits, labels, "sft-lr", kl_weight=0.1, ref_logits=ref_logits)
     with pytest.raises(ValueError, match="kl_weight must be >= 0"):
         compute_loss(logits, labels, "asft", kl_weight=-0.1, ref_logits=ref_logits)
-    for mode in ("asft", "sft+kl", "sft-lr"):
+    for mode in ("asft", "sft+kl", "sft-lr", "iw-sft"):
         with pytest.raises(ValueError, match="ref_logits"):
             compute_loss(logits, labels, mode, kl_weight=0.1 if get_mode(mode).uses_kl else 0.0)
         with pytest.raises(ValueError, match="ref_hidden"):
@@ -352,7 +365,7 @@ def test_chunked_equals_full_logits(mode, direction):
     assert_chunked_equals_full(mode, direction, 5, True, hidden, ref_hidden, weight, labels, num_items=100)
 
 
-@pytest.mark.parametrize("mode", ["asft", "sft-lr"])
+@pytest.mark.parametrize("mode", ["asft", "sft-lr", "iw-sft"])
 def test_chunked_with_separate_reference_head(mode):
     """Full fine-tuning: the reference is a frozen copy with its own head."""
     hidden, ref_hidden, weight, labels = make_hidden(seed=1)

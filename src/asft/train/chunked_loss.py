@@ -166,11 +166,12 @@ class _ChunkedLoss(torch.autograd.Function):
             reference = _SoftmaxBlock(ref_h, ref_w, rows=chunks[0].stop)
         grad_h = h.new_zeros(n, H) if need_grad_h else None  # (N, H)
         grad_w = torch.zeros_like(w_head) if need_grad_w else None  # (V, H)
+        seq = torch.div(rows, T, rounding_mode="floor")  # (N,) the sequence (batch row) of each token
 
         def token_stats(c, logp, q):  # detached statistics of the chunk's tokens
             ce = -logp.gather(1, y[c, None]).squeeze(1)  # (c,)
             ref_pt = q.gather(1, y[c, None]).squeeze(1) if spec.needs_ref_probs else None
-            return TokenStats(ce=ce, p_target=torch.exp(-ce), ref_p_target=ref_pt)
+            return TokenStats(ce=ce, p_target=torch.exp(-ce), ref_p_target=ref_pt, seq=seq[c])
 
         weights = None
         if spec.batch_level:  # pass 1: statistics of all tokens, then the weights (N,)
@@ -253,7 +254,8 @@ def _same_tensor(a: Tensor, b: Tensor) -> bool:
 def _cat_stats(stats: list[TokenStats]) -> TokenStats:
     ref = None if stats[0].ref_p_target is None else torch.cat([s.ref_p_target for s in stats])
     return TokenStats(
-        ce=torch.cat([s.ce for s in stats]), p_target=torch.cat([s.p_target for s in stats]), ref_p_target=ref
+        ce=torch.cat([s.ce for s in stats]), p_target=torch.cat([s.p_target for s in stats]), ref_p_target=ref,
+        seq=torch.cat([s.seq for s in stats]),
     )
 
 

@@ -179,6 +179,7 @@ def compute_loss(
         ce=ce.detach(),
         p_target=torch.exp(-ce.detach()),
         ref_p_target=None if ref_logp is None else ref_logp.gather(-1, y[:, None]).squeeze(-1).exp(),
+        seq=mask.nonzero(as_tuple=True)[0],  # (N,) the sequence (batch row) of each token
     )
     w = spec.weights(stats, **hparams)  # (N,) detached
     kl = kl_per_token(logp, ref_logp, kl_direction) if spec.uses_kl else torch.zeros_like(ce)  # (N,)

@@ -22,10 +22,15 @@ asft           sg(p(y_i))                                  yes
 sft-topk       kept_i * n / n_kept                         no        keep=0.7
 sft-antiop     1 if CE_i <= cap else cap / (CE_i + 1e-8)   no        mult=3.0
 sft-lr         clamp(1 + a*clamp(q(y)-p(y), -1, 1), 0.1)   no        alpha=1.0
+asft-sft       sg(p(y_i)) + alpha                          no        alpha=0.1
+iw-sft         clamp(exp(temp * mean_{j in seq(i)}         no        temp=1.0,
+               (log p(y_j) - log q(y_j))), 0, max_weight)            max_weight=16.0
 =============  ==========================================  ========  ==================
 
 (arXiv 2509.23753, "Anchored Supervised Fine-Tuning"; upstream zhuchichi56/ASFT ``train_v2.py``;
-extension modes from the fork doub7e/token-SFT.) The weight functions use tensor methods only.
+extension modes from the fork doub7e/token-SFT; ``asft-sft`` is the paper's Figure 4 ablation, ``iw-sft``
+the iw-SFT baseline of its Tables 2-4, Qin & Springenberg 2025, arXiv 2507.12856, emmyqin/iw_sft; see
+docs/losses.md.) The weight functions use tensor methods only.
 """
 
 from __future__ import annotations
@@ -84,6 +89,7 @@ class TokenStats:
     ce: Tensor  # (N,) cross-entropy -log p(y_i) under the policy, fp32
     p_target: Tensor  # (N,) p(y_i) = exp(-ce), fp32
     ref_p_target: Tensor | None  # (N,) q(y_i) under the reference model; None unless the mode needs it
+    seq: Tensor | None = None  # (N,) int64: the batch row (sequence) of each token, ascending; for sequence-level weights
 
 
 # --------------------------------------------------------------------------------------------------
@@ -459,3 +465,46 @@ def lr_weights(stats: TokenStats, *, alpha: float = 1.0) -> Tensor:
     assert stats.ref_p_target is not None
     gap = (stats.ref_p_target - stats.p_target).clamp(-1.0, 1.0)
     return (1.0 + alpha * gap).clamp(min=0.1)
+
+
+def _check_number(mode: str, name: str, value: object, *, minimum: float, strict: bool = False) -> float:
+    """``value`` as a finite float >= ``minimum`` (> when ``strict``), or a ValueError naming the mode's
+    hyper-parameter."""
+    bound = f"> {minimum}" if strict else f">= {minimum}"
+    try:
+        number = float(value)  # type: ignore[arg-type]
+    except (TypeError, ValueError):
+        number = float("nan")
+    if isinstance(value, bool) or not (number > minimum or (number == minimum and not strict)) or number == float("inf"):
+        raise ValueError(f"loss mode {mode!r}: {name} must be a finite number {bound}, got {value!r}")
+    return number
+
+
+@register_mode("asft-sft")
+def dft_plus_sft_weights(stats: TokenStats, *, alpha: float = 0.1) -> Tensor:
+    """DFT + alpha * SFT (arXiv 2509.23753, Figure 4: anchoring by an SFT term instead of KL, no reference).
+
+    The loss -sg(p(y_i)) * log p(y_i) - alpha * log p(y_i) per token, i.e. w_i = sg(p(y_i)) + alpha.
+    The paper sweeps alpha over {0.01, 0.05, 0.1, 0.5, 1, 5, 10} and states no single default for it;
+    0.1 is ours (docs/losses.md)."""
+    alpha = _check_number("asft-sft", "alpha", alpha, minimum=0.0)
+    return stats.p_target.detach() + alpha
+
+
+@register_mode("iw-sft", needs_ref_probs=True, batch_level=True)
+def importance_weights(stats: TokenStats, *, temp: float = 1.0, max_weight: float = 16.0) -> Tensor:
+    """Importance-weighted SFT (Qin & Springenberg 2025, arXiv 2507.12856), as emmyqin/iw_sft computes it.
+
+    One detached weight per sequence, given to all its response tokens:
+    w = clamp(exp(temp * mean_t (log p(y_t) - log q(y_t))), 0, max_weight) with q the frozen reference
+    (base) model and the mean over the sequence's response tokens (upstream ``IwSFTLoss`` with
+    ``sum_over_time=True, temp=1.0``, clamp to [0, 16]; docs/losses.md)."""
+    temp = _check_number("iw-sft", "temp", temp, minimum=0.0)
+    max_weight = _check_number("iw-sft", "max_weight", max_weight, minimum=0.0, strict=True)
+    assert stats.ref_p_target is not None and stats.seq is not None
+    diff = stats.ce.neg() - stats.ref_p_target.log()  # (N,) log p(y) - log q(y), as upstream: log of q
+    rows = int(stats.seq.max().item()) + 1
+    total = diff.new_zeros(rows).index_add_(0, stats.seq, diff)  # per sequence
+    count = diff.new_zeros(rows).index_add_(0, stats.seq, diff.new_ones(diff.shape))
+    iw = (temp * (total / count.clamp(min=1.0))).exp().clamp(0.0, max_weight)  # (rows,)
+    return iw.index_select(0, stats.seq).detach()
