@@ -41,6 +41,8 @@ rule aggregate:
         config=CFG.model_dump(mode="json"),
         labels={"target": CFG.table.target_label, "retention": CFG.table.retention_label},
         published=CFG.table.published,
+    message:
+        f"build the results table of {CFG.name} ({len(PLAN.eval_rows())} scores, {len(PLAN.train_rows())} training runs)"
     script:
         "../workflow/scripts/aggregate.py"
 
@@ -56,5 +58,7 @@ rule publish:
         "benchmarks/publish.tsv"
     conda:
         "../envs/light.yaml"
+    message:
+        "publish the table to results/ and index its runs in results/runs/"
     script:
         "../workflow/scripts/publish.py"

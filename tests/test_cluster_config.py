@@ -89,6 +89,7 @@ def test_every_rule_has_a_conda_env_file_a_log_and_a_benchmark():
         assert (ROOT / "rules" / conda.group(1)).is_file(), f"rule {name}: {conda.group(1)} does not exist"
         assert re.search(r"^    log:\n", body, flags=re.M), f"rule {name}: no log:"
         assert re.search(r"^    benchmark:\n", body, flags=re.M), f"rule {name}: no benchmark:"
+        assert re.search(r"^    message:\n", body, flags=re.M), f"rule {name}: no message: (the job in words)"
 
 
 @pytest.mark.parametrize("name", ["train.yaml", "eval.yaml", "light.yaml"])
