@@ -14,6 +14,7 @@ from pydantic import Field, model_validator
 
 from asft.core.settings import Runtime, StageSettings
 from asft.embedded.spec import EmbeddedBaseSpec
+from asft.eval.settings import BenchmarkRef, EvalContext, PolicyRef
 from asft.train.modes import ensure_plugin, get_mode
 
 # --- model ---------------------------------------------------------------------------------------
@@ -162,6 +163,32 @@ class ModeSource(StageSettings):
         return {"plugin": self.plugin, "sha256": self.sha256}
 
 
+class ProbeSettings(StageSettings):
+    """One benchmark measured during training (train.eval_every), prompted and scored as its eval stage
+    would: greedy generation graded by `policy`, or the option letter from the next-token log-probabilities."""
+
+    benchmark: BenchmarkRef
+    context: EvalContext = Field(default_factory=EvalContext)
+    template: Literal["plain", "alpaca", "chat", "cot", "choice"] = "plain"
+    scoring: Literal["generate", "choice_logprobs"] = "generate"
+    max_new_tokens: int = Field(32, ge=1)
+    stop: list[str] = Field(default_factory=list)
+    policy: PolicyRef | None = None  # the grading policy of `generate`; None for choice_logprobs
+
+
+class DynamicsSettings(StageSettings):
+    """Training dynamics (the paper's Figure 1): every `every` optimizer steps, and at the first and the last,
+    the accuracy on each benchmark's first `limit` problems and the KL from the base on the first one's gold
+    text (asft.eval.dynamics)."""
+
+    every: int = Field(ge=1)
+    limit: int | None = Field(None, ge=1)
+    benchmarks: list[ProbeSettings] = Field(min_length=1)
+
+    def key_payload(self) -> dict[str, Any]:
+        return {**super().key_payload(), "benchmarks": [probe.key_payload() for probe in self.benchmarks]}
+
+
 class TrainSettings(StageSettings):
     """One training run: the loss mode, its hyper-parameters, the optimisation and the seed."""
 
@@ -189,8 +216,9 @@ class TrainSettings(StageSettings):
     # distinct name keeps such runs from ever being reused.
     precision: Literal["fp32", "bf16", "bf16_mixed", "bf16_pure"] = "fp32"
     mode_source: ModeSource | None = None  # a mode of a config plugin; None for asft's own modes
+    dynamics: DynamicsSettings | None = None  # train.eval_every: evaluate during training (None: never)
 
-    key_omits = {"warmup_ratio": None, "mode_source": None}  # absent unless set, so older keys hold
+    key_omits = {"warmup_ratio": None, "mode_source": None, "dynamics": None}  # absent unless set, so older keys hold
     key_value_names = {"normalize": {"microbatch_mean": "microbatch_tokens"}}  # its name in older keys
 
     @classmethod

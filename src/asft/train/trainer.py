@@ -173,7 +173,9 @@ class MetricsWriter:
         by_key: dict[tuple, dict] = {}
         for line in self.path.read_text().splitlines():
             entry = json.loads(line)
-            by_key[(entry["step"], "loss" in entry)] = entry
+            # a step's summary (0), loss (1) and evaluation point (2, train.eval_every) are distinct entries
+            kind = 1 if "loss" in entry else 2 if any(k.startswith("eval/") for k in entry) else 0
+            by_key[(entry["step"], kind)] = entry
         return [by_key[k] for k in sorted(by_key)]
 
 
@@ -392,6 +394,29 @@ def _tensorboard_into(trainer: Trainer, folder: Path, resumed_step: int) -> None
                 callback.tb_writer = callback._SummaryWriter(log_dir=str(folder), purge_step=resumed_step + 1)
 
 
+def _add_dynamics(trainer: Trainer, settings: TrainSettings, reference: Reference | None, tokenizer: Any,
+                  model_dir: Path, bf16: bool, progress: bool, bars: bool) -> None:
+    """train.eval_every (asft.eval.dynamics): the KL's base is the loss's reference where the mode has one; else
+    the LoRA model under disable_adapter(), or for full fine-tuning the base weights loaded once (a frozen
+    copy beside the policy, as a KL mode's reference)."""
+    from asft.eval.dynamics import Dynamics, dynamics_callback
+
+    if reference is None:
+        frozen = None
+        if settings.method != "lora":
+            frozen = _load_model(model_dir, torch.bfloat16 if bf16 else torch.float32).eval().requires_grad_(False)
+            frozen = frozen.to(trainer.args.device)
+        reference = Reference(trainer.model, frozen_copy=frozen)
+    if bars:
+        from tqdm.auto import tqdm
+
+        write = tqdm.write
+    else:
+        write = (lambda line: print(line, flush=True)) if progress else None
+    dynamics = Dynamics(settings.dynamics, tokenizer, batch_size=max(8, settings.per_device_batch_size))
+    trainer.add_callback(dynamics_callback(trainer, dynamics, reference.hidden_and_head, write))
+
+
 def _train(settings: TrainSettings, runtime: TrainRuntime, *, model_dir: Path, dataset_dir: Path, out_dir: Path,
            checkpoint_dir: Path, threads: int, progress: bool, bars: bool, trackers: list[str],
            name: str) -> dict[str, Any]:
@@ -476,6 +501,8 @@ def _train(settings: TrainSettings, runtime: TrainRuntime, *, model_dir: Path, d
         trainer.add_callback(ProgressLines())
     if reference is not None and reference.frozen_copy is not None:
         reference.frozen_copy = prepare_reference(reference.frozen_copy, trainer)
+    if settings.dynamics is not None:
+        _add_dynamics(trainer, settings, reference, tokenizer, model_dir, bf16, progress, bars)
     resume = last_complete_checkpoint(checkpoint_dir)
     if "tensorboard" in trackers:
         if resume is None and trainer.is_world_process_zero():  # events of an attempt that left no checkpoint
@@ -495,6 +522,10 @@ def _train(settings: TrainSettings, runtime: TrainRuntime, *, model_dir: Path, d
     if "tensorboard" in trackers:
         shutil.copytree(checkpoint_dir / TENSORBOARD_DIR, out_dir / TENSORBOARD_DIR, dirs_exist_ok=True)
     plot_curves(entries, out_dir / "curves.png", title=name)
+    if settings.dynamics is not None:
+        from asft.eval.dynamics import plot_dynamics
+
+        plot_dynamics(entries, out_dir / "dynamics.png", title=name)
     losses = [e["loss"] for e in entries if "loss" in e]
     return {
         "steps": trainer.state.global_step,

@@ -233,6 +233,20 @@ class TrainConfig(_Strict):
         "the key."
     )
 
+    eval_every: int | None = Field(
+        None, ge=1, description="Training dynamics (the paper's Figure 1): every N optimizer steps, and at the first "
+        "and the last, the accuracy on eval_benchmarks and the KL from the base, logged into metrics.jsonl beside the "
+        "loss and plotted in the run's dynamics.png (docs/dynamics.md); null: never. In the train key only when set; "
+        "not with DeepSpeed."
+    )
+    eval_benchmarks: list[str] | None = Field(
+        None, description="Benchmarks measured with eval_every (any registered one): multiple-choice ones by the "
+        "chosen letter (template choice), the others by greedy generation with the eval template, graded by the "
+        "first grading policy; the KL from the base is on the first one's gold text. null: table.target then "
+        "table.retention."
+    )
+    eval_limit: int | None = Field(64, ge=1, description="eval_every: the first N problems of each benchmark (null: all).")
+
     @field_validator("report_to")
     @classmethod
     def _trackers_installed(cls, names: list[str]) -> list[str]:
@@ -371,6 +385,25 @@ class Config(_Strict):
     evaluate_base: bool = Field(True, description="Also evaluate the untouched base model (a 'base' row).")
     table: TableConfig = Field(default_factory=TableConfig)
     resources: ResourcesConfig = Field(default_factory=ResourcesConfig)
+    sweep: dict[str, list[Any]] = Field(
+        default_factory=dict,
+        description="A grid of settings (docs/sweeps.md): dotted setting names (loss.kl_weight, train.lr, "
+        "loss.hparams.asft-sft.alpha, train_sets.<name>.size, model.id) to lists of values; every combination is a "
+        "point, the base config with those values, and all points build into one plan (shared stages run once). "
+        "The table gains a column per swept setting.",
+    )
+    sweep_zip: dict[str, list[Any]] = Field(
+        default_factory=dict,
+        description="Swept settings that move together: lists of the same length, zipped (point i takes the i-th "
+        "value of each); combined with sweep as a grid.",
+    )
+
+    @field_validator("sweep", "sweep_zip", mode="before")
+    @classmethod
+    def _sweep_lists(cls, lists: Any, info: Any) -> Any:
+        from asft.workflow.sweeps import check_lists
+
+        return check_lists(info.field_name, lists)
 
     @field_validator("plugins")
     @classmethod
@@ -475,6 +508,60 @@ class Config(_Strict):
     def _multiple_choice_scoring(self) -> Config:
         _check_multiple_choice(self.eval)
         return self
+
+    @model_validator(mode="after")
+    def _sweep_points(self) -> Config:
+        if self.sweep or self.sweep_zip:
+            from asft.workflow.sweeps import sweep_points
+
+            sweep_points(self)  # every point is a valid config; an error names the entry and the point
+        return self
+
+    @model_validator(mode="after")
+    def _training_dynamics(self) -> Config:
+        _check_dynamics(self)
+        return self
+
+
+def dynamics_benchmarks(cfg: Config) -> list[str]:
+    """The benchmarks measured during training (train.eval_every): its list, else the table's."""
+    if cfg.train.eval_benchmarks is not None:
+        return list(cfg.train.eval_benchmarks)
+    return list(dict.fromkeys([*cfg.table.target, *cfg.table.retention]))
+
+
+def _check_dynamics(cfg: Config) -> None:
+    """train.eval_every / eval_benchmarks: known benchmarks, a template that fits them, no DeepSpeed."""
+    from asft.eval.benchmarks import available_benchmarks, benchmark_hint, get_benchmark
+    from asft.eval.protocols import get_protocol
+
+    train = cfg.train
+    names = train.eval_benchmarks or []
+    if train.eval_benchmarks is not None and not names:
+        raise ValueError("train.eval_benchmarks: the list is empty; name benchmarks, or null for the table's")
+    for bench in names:
+        if bench not in available_benchmarks():
+            raise ValueError(f"train.eval_benchmarks: unknown benchmark '{bench}'{benchmark_hint(bench)}; "
+                             f"known: {', '.join(available_benchmarks())}")
+    if len(set(names)) != len(names):
+        raise ValueError(f"train.eval_benchmarks: a benchmark is listed twice: {names}")
+    if train.eval_every is None:
+        return
+    if train.deepspeed:
+        raise ValueError(
+            f"train.eval_every: not with train.deepspeed ({train.deepspeed}): evaluating during training generates "
+            "with the policy, which ZeRO-3 shards across ranks; drop train.deepspeed (e.g. method lora, or full "
+            "fine-tuning on one large GPU) or set train.eval_every: null and evaluate the final model")
+    benchmarks = dynamics_benchmarks(cfg)
+    if not benchmarks:
+        raise ValueError("train.eval_every: no benchmark to measure: table.target and table.retention are empty; "
+                         "set train.eval_benchmarks")
+    protocol = get_protocol(cfg.eval.protocol)
+    template = protocol.template if protocol else cfg.eval.template
+    for bench in benchmarks:
+        if template == "choice" and not get_benchmark(bench).multiple_choice:
+            raise ValueError(f"train.eval_benchmarks: '{bench}' has no options, and the eval template is 'choice': "
+                             "measure multiple-choice benchmarks only, or use another eval template")
 
 
 def grading_policies(ev: EvalConfig) -> list[str]:
