@@ -28,6 +28,37 @@ from asft.eval.benchmarks import get_benchmark
 from asft.eval.published import AVERAGE_KEY, DIFFERS_FLAG, averages_are_comparable, published_cell_mean
 
 GROUP_COLUMNS = ("train_set", "mode")
+#: Labels of the plan's rows that are not swept settings (asft.workflow.plan: eval_rows, train_rows).
+ROW_LABELS = frozenset({"train_set", "mode", "seed", "benchmark", "grading", "score_key", "train_key", "policies",
+                        "model", "entries", "uses_kl"})
+
+
+def swept_columns(rows: Sequence[Mapping[str, Any]]) -> list[str]:
+    """The swept settings the rows are labelled with (config `sweep`: `loss.kl_weight`, ...), in the order
+    of the sweep; none without a sweep."""
+    return list(dict.fromkeys(name for row in rows for name in row if name not in ROW_LABELS))
+
+
+def _present(value: Any) -> bool:
+    return value is not None and not (isinstance(value, float) and math.isnan(value))
+
+
+def _value_key(value: Any) -> tuple:
+    """Sort key of a swept value: missing last, numbers by value, the rest as text."""
+    if not _present(value):
+        return (2, 0.0, "")
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        return (0, float(value), "")
+    return (1, 0.0, str(value))
+
+
+def swept_text(value: Any) -> str:
+    """A swept value in a table cell: 0.05, 5e-06, forward; '-' where the row does not depend on it."""
+    if not _present(value):
+        return "-"
+    if isinstance(value, float) and not isinstance(value, bool):
+        return f"{value:g}"
+    return str(value)
 
 
 def add_published(table: pd.DataFrame, published: Mapping[str, Any] | None, *,
@@ -71,13 +102,14 @@ def _mean(values: Sequence[float]) -> float:
 
 
 def run_rows(eval_rows: Sequence[Mapping[str, Any]], scores: Mapping[str, Mapping[str, Any]],
-             *, target: Sequence[str], retention: Sequence[str]) -> pd.DataFrame:
+             *, target: Sequence[str], retention: Sequence[str], swept: Sequence[str] = ()) -> pd.DataFrame:
     """One row per training run (and the base model): accuracies, group means, drift (the rows of one
-    grading policy)."""
+    grading policy). `swept`: the swept settings (a run of each point is its own row, with their values)."""
     runs: dict[tuple, dict[str, Any]] = {}
     for row in eval_rows:
-        key = (row["train_set"], row["mode"], row["seed"])
-        run = runs.setdefault(key, {"train_set": row["train_set"], "mode": row["mode"], "seed": row["seed"],
+        point = {name: row.get(name) for name in swept}
+        key = (row["train_set"], row["mode"], row["seed"], *(label_key(v) for v in point.values()))
+        run = runs.setdefault(key, {"train_set": row["train_set"], "mode": row["mode"], **point, "seed": row["seed"],
                                     "_drift": []})
         result = scores[row["score_key"]]
         run[row["benchmark"]] = float(result["accuracy"])
@@ -93,28 +125,39 @@ def run_rows(eval_rows: Sequence[Mapping[str, Any]], scores: Mapping[str, Mappin
     return pd.DataFrame(rows)
 
 
-def ordered_runs(runs: pd.DataFrame, benchmarks: Sequence[str], mode_order: Sequence[str] = ()) -> pd.DataFrame:
-    """The per-run rows in a fixed column order (train set, mode, seed, grading, the benchmarks in the
-    configured order, target, retention, drift), seeds as integers (the base model's: empty), and rows
-    in the table's order (the base, then per train set the modes in the configured order, by seed)."""
-    first = [c for c in ("train_set", "mode", "seed", "grading") if c in runs]
+def label_key(value: Any) -> Any:
+    """A swept value as a grouping key (missing values group together)."""
+    return None if not _present(value) else value
+
+
+def ordered_runs(runs: pd.DataFrame, benchmarks: Sequence[str], mode_order: Sequence[str] = (),
+                 swept: Sequence[str] = ()) -> pd.DataFrame:
+    """The per-run rows in a fixed column order (train set, mode, the swept settings, seed, grading, the
+    benchmarks in the configured order, target, retention, drift), seeds as integers (the base model's:
+    empty), and rows in the table's order (the base, then per train set the modes in the configured order,
+    by swept values, by seed)."""
+    first = [c for c in ("train_set", "mode", *swept, "seed", "grading") if c in runs]
     metrics = [*benchmarks, "target", "retention", "drift"]
     runs = runs.reindex(columns=[*first, *metrics, *[c for c in runs.columns if c not in {*first, *metrics}]])
     seeds = [None if s is None or (isinstance(s, float) and math.isnan(s)) else int(s) for s in runs["seed"]]
     runs["seed"] = pd.array(seeds, dtype="Int64")
     order = {mode: i for i, mode in enumerate(["base", *mode_order])}
-    sort_key = [(mode != "base", _natural_key(str(train_set)), order.get(mode, len(order)), str(mode),
+    points = [tuple(_value_key(v) for v in values) for values in zip(*(runs[c] for c in swept))] if swept else [()] * len(runs)
+    sort_key = [(mode != "base", _natural_key(str(train_set)), order.get(mode, len(order)), str(mode), point,
                  -1 if seed is None else seed)
-                for train_set, mode, seed in zip(runs["train_set"], runs["mode"], seeds)]
+                for train_set, mode, point, seed in zip(runs["train_set"], runs["mode"], points, seeds)]
     return runs.iloc[sorted(range(len(runs)), key=sort_key.__getitem__)].reset_index(drop=True)
 
 
-def summary_table(runs: pd.DataFrame, benchmarks: Sequence[str], mode_order: Sequence[str]) -> pd.DataFrame:
-    """Mean and sample std over seeds per (train set, mode); std is empty for one seed."""
+def summary_table(runs: pd.DataFrame, benchmarks: Sequence[str], mode_order: Sequence[str],
+                  swept: Sequence[str] = ()) -> pd.DataFrame:
+    """Mean and sample std over seeds per (train set, mode, swept values); std is empty for one seed."""
     metrics = [*benchmarks, "target", "retention", "drift"]
     records = []
-    for (train_set, mode), group in runs.groupby(list(GROUP_COLUMNS), sort=False):
-        record: dict[str, Any] = {"train_set": train_set, "mode": mode, "n_seeds": len(group)}
+    for keys, group in runs.groupby([*GROUP_COLUMNS, *swept], sort=False, dropna=False):
+        train_set, mode, *values = keys
+        record: dict[str, Any] = {"train_set": train_set, "mode": mode,
+                                  **{name: label_key(v) for name, v in zip(swept, values)}, "n_seeds": len(group)}
         for metric in metrics:
             values = group[metric].astype(float)
             record[f"{metric}_mean"] = values.mean()
@@ -124,8 +167,10 @@ def summary_table(runs: pd.DataFrame, benchmarks: Sequence[str], mode_order: Seq
     order = {mode: i for i, mode in enumerate(["base", *mode_order])}
     # As the paper's Table 1: the base first, then per train set (10k, 30k, 100k: by size, not as text),
     # the modes in the configured order.
-    sort_key = [(mode != "base", _natural_key(str(train_set)), order.get(mode, len(order)))
-                for train_set, mode in zip(table["train_set"], table["mode"])]
+    points = ([tuple(_value_key(v) for v in values) for values in zip(*(table[c] for c in swept))] if swept
+              else [()] * len(table))
+    sort_key = [(mode != "base", _natural_key(str(train_set)), order.get(mode, len(order)), point)
+                for train_set, mode, point in zip(table["train_set"], table["mode"], points)]
     return table.iloc[sorted(range(len(table)), key=sort_key.__getitem__)].reset_index(drop=True)
 
 
@@ -144,7 +189,8 @@ def _cell(mean: float, std: float, digits: int) -> str:
 
 def markdown_table(table: pd.DataFrame, benchmarks: Sequence[str], *, title: str,
                    labels: Mapping[str, str] | None = None, published: Mapping[str, Any] | None = None,
-                   target: Sequence[str] = (), grading: Mapping[str, str] | None = None) -> str:
+                   target: Sequence[str] = (), grading: Mapping[str, str] | None = None,
+                   swept: Sequence[str] = ()) -> str:
     """The table of the first grading policy (with the published numbers), then one per other policy.
     `grading`: policy -> how its numbers were graded, in words (from the scores)."""
     labels = {"target": "target", "retention": "retention", **(labels or {})}
@@ -157,18 +203,20 @@ def markdown_table(table: pd.DataFrame, benchmarks: Sequence[str], *, title: str
             lines += ["", f"## The same runs graded with `{policy}`"]
         if policy is not None:
             lines += ["", f"Graded with {(grading or {}).get(policy, f'`{policy}`')}."]
-        lines += ["", *_markdown_rows(rows, benchmarks, labels)]
+        lines += ["", *_markdown_rows(rows, benchmarks, labels, swept)]
         if published and index == 0:
             lines += published_section(rows, published, target_label=labels["target"], target=target)
     return "\n".join(lines) + "\n"
 
 
-def _markdown_rows(table: pd.DataFrame, benchmarks: Sequence[str], labels: Mapping[str, str]) -> list[str]:
+def _markdown_rows(table: pd.DataFrame, benchmarks: Sequence[str], labels: Mapping[str, str],
+                   swept: Sequence[str] = ()) -> list[str]:
     names = [get_benchmark(b).display for b in benchmarks]
-    header = ["train set", "mode", "seeds", *names, labels["target"], labels["retention"], "drift (KL)"]
+    header = ["train set", "mode", *swept, "seeds", *names, labels["target"], labels["retention"], "drift (KL)"]
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for _, row in table.iterrows():
-        cells = [str(row["train_set"]), str(row["mode"]), str(row["n_seeds"])]
+        cells = [str(row["train_set"]), str(row["mode"]), *(swept_text(row[name]) for name in swept),
+                 str(row["n_seeds"])]
         cells += [_cell(row[f"{m}_mean"], row[f"{m}_std"], 1) for m in [*benchmarks, "target", "retention"]]
         cells.append(_cell(row["drift_mean"], row["drift_std"], 4))
         lines.append("| " + " | ".join(cells) + " |")
@@ -233,13 +281,15 @@ def _number(value: float, *, signed: bool = False) -> str:
     return f"{value:+.2f}" if signed else f"{value:.2f}"
 
 
-def latex_table(table: pd.DataFrame, benchmarks: Sequence[str]) -> str:
+def latex_table(table: pd.DataFrame, benchmarks: Sequence[str], swept: Sequence[str] = ()) -> str:
     names = [get_benchmark(b).display.replace("_", r"\_") for b in benchmarks]
-    columns = "ll" + "r" * (len(names) + 3)
+    columns = "ll" + "l" * len(swept) + "r" * (len(names) + 3)
     lines = [r"\begin{tabular}{" + columns + "}", r"\toprule",
-             " & ".join(["Train set", "Method", *names, "Target", "Retention", "Drift"]) + r" \\", r"\midrule"]
+             " & ".join(["Train set", "Method", *(s.replace("_", r"\_") for s in swept), *names, "Target", "Retention",
+                         "Drift"]) + r" \\", r"\midrule"]
     for _, row in table.iterrows():
-        cells = [str(row["train_set"]).replace("_", r"\_"), str(row["mode"]).upper()]
+        cells = [str(row["train_set"]).replace("_", r"\_"), str(row["mode"]).upper(),
+                 *(swept_text(row[name]).replace("_", r"\_") for name in swept)]
         for metric in [*benchmarks, "target", "retention"]:
             mean, std = row[f"{metric}_mean"], row[f"{metric}_std"]
             cells.append("--" if math.isnan(mean) else (f"{mean:.1f}" + ("" if math.isnan(std) else rf"$\pm${std:.1f}")))
@@ -253,24 +303,27 @@ def aggregate(eval_rows: Sequence[Mapping[str, Any]], eval_dirs: Mapping[str, Pa
               benchmarks: Sequence[str], target: Sequence[str], retention: Sequence[str],
               mode_order: Sequence[str], title: str, labels: Mapping[str, str] | None = None,
               published: Mapping[str, Any] | None = None, train_rows: Sequence[Mapping[str, Any]] = (),
-              train_dirs: Mapping[str, Path] | None = None) -> pd.DataFrame:
+              train_dirs: Mapping[str, Path] | None = None, swept: Sequence[str] | None = None) -> pd.DataFrame:
     """Write table.csv, table.md, table.html, table.tex, runs.csv, table.png/.pdf and curves.png/.pdf.
 
     Each row of `eval_rows` names its grading policy (`grading`): the first policy's rows make the main
     table (compared with the published numbers; the LaTeX table and the chart); each other policy's
     follow it in table.csv, runs.csv, table.md and table.html, its `grading` column saying which is which.
     `train_rows` (labels and `train_key`) and `train_dirs` (train key -> folder): the training runs whose
-    metrics.jsonl make curves.png (without them, the figure says there are no logged steps)."""
+    metrics.jsonl make curves.png (without them, the figure says there are no logged steps).
+    `swept`: the swept settings (config `sweep`), columns after mode, one row per (train set, mode, their
+    values); None: the rows' labels that are not the usual ones (asft.workflow.plan labels them)."""
+    swept = swept_columns([*eval_rows, *train_rows]) if swept is None else list(swept)
     scores = {key: json.loads((Path(folder) / "scores.json").read_text()) for key, folder in eval_dirs.items()}
     policies = list(dict.fromkeys(row["grading"] for row in eval_rows))
     all_runs, tables = [], []
     for policy in policies:
         rows = [row for row in eval_rows if row["grading"] == policy]
-        runs = run_rows(rows, scores, target=target, retention=retention)
-        runs.insert(3, "grading", policy)
-        runs = ordered_runs(runs, benchmarks, mode_order)
-        table = summary_table(runs, benchmarks, mode_order)
-        table.insert(2, "grading", policy)
+        runs = run_rows(rows, scores, target=target, retention=retention, swept=swept)
+        runs.insert(3 + len(swept), "grading", policy)
+        runs = ordered_runs(runs, benchmarks, mode_order, swept)
+        table = summary_table(runs, benchmarks, mode_order, swept)
+        table.insert(2 + len(swept), "grading", policy)
         all_runs.append(runs)
         tables.append(add_published(table, published, target=target) if not tables else table)
     main = tables[0]
@@ -279,15 +332,15 @@ def aggregate(eval_rows: Sequence[Mapping[str, Any]], eval_dirs: Mapping[str, Pa
     _write_atomic(out_dir / "runs.csv", runs.to_csv(index=False, float_format="%.4f"))
     _write_atomic(out_dir / "table.csv", table.to_csv(index=False, float_format="%.4f"))
     markdown = markdown_table(table, benchmarks, title=title, labels=labels, published=published, target=target,
-                              grading=grading_notes(eval_rows, scores))
+                              grading=grading_notes(eval_rows, scores), swept=swept)
     _write_atomic(out_dir / "table.md", markdown)
     _write_atomic(out_dir / "table.html", html_page(markdown))
-    _write_atomic(out_dir / "table.tex", latex_table(main, benchmarks))
+    _write_atomic(out_dir / "table.tex", latex_table(main, benchmarks, swept))
 
     from asft.eval.figures import comparison_chart, curves_chart, read_training_run
 
     policy_note = f" (graded with {policies[0]})" if len(policies) > 1 else ""
-    comparison_chart(main, [out_dir / "table.png", out_dir / "table.pdf"],
+    comparison_chart(_with_point(main, swept), [out_dir / "table.png", out_dir / "table.pdf"],
                      target_names=[get_benchmark(b).display for b in target],
                      retention_names=[get_benchmark(b).display for b in retention], labels=labels,
                      mode_order=mode_order, title=title + policy_note)
@@ -295,9 +348,23 @@ def aggregate(eval_rows: Sequence[Mapping[str, Any]], eval_dirs: Mapping[str, Pa
     for row in train_rows:
         folder = (train_dirs or {}).get(row["train_key"])
         entries, uses_kl = read_training_run(folder) if folder is not None else ([], None)
-        curves.append({**row, "entries": entries, "uses_kl": uses_kl})
+        curves.append({**row, "train_set": _point_name(row, swept), "entries": entries, "uses_kl": uses_kl})
     curves_chart(curves, [out_dir / "curves.png", out_dir / "curves.pdf"], mode_order=mode_order,
                  title=f"Training curves: {title}")
+    return table
+
+
+def _point_name(row: Mapping[str, Any], swept: Sequence[str]) -> str:
+    """The train set with the row's swept values (the figures group bars and curves by train set and mode)."""
+    values = [f"{name.rsplit('.', 1)[-1]}={swept_text(row.get(name))}" for name in swept if _present(row.get(name))]
+    return " ".join([str(row["train_set"]), *values])
+
+
+def _with_point(table: pd.DataFrame, swept: Sequence[str]) -> pd.DataFrame:
+    if not swept:
+        return table
+    table = table.copy()
+    table["train_set"] = [_point_name(row, swept) for _, row in table.iterrows()]
     return table
 
 

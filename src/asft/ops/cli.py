@@ -28,8 +28,12 @@ def _plan(args: argparse.Namespace) -> int:
     from asft.ops.cost import estimate, format_estimate
     from asft.workflow.plan import build_plan
 
+    from asft.workflow.sweeps import describe_sweep
+
     plan = build_plan(load_config(*args.configfile))
     print(f"configuration: {plan.config.name}")
+    if plan.swept:
+        print(describe_sweep(plan.config))
     print(format_estimate(estimate(plan, Path(args.results))))
     return 0
 

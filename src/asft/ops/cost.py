@@ -3,7 +3,7 @@
 Estimates, with every assumption printed:
 - training FLOPs = 6 x params x tokens for full fine-tuning, 4 x params x tokens for LoRA (no weight
   gradients of the frozen base), plus 2 x params x tokens for the reference forward of modes that
-  need one (sft+kl, asft, sft-lr);
+  need one (sft+kl, asft, sft-lr, iw-sft: every mode whose `needs_reference` is set);
 - generation FLOPs = 2 x params x (prompt + completion tokens) per sample, with an assumed completion
   length (generation is memory-bound, so it gets a lower assumed utilisation);
 - training tokens: exact from a cached tokenize artifact (stats.json), else rows x bytes per row /
@@ -108,8 +108,11 @@ def estimate(plan: Plan, results: Path, assumptions: Assumptions = Assumptions()
     """Per-stage jobs, cached jobs, tokens, FLOPs and GPU-hours of a plan."""
     from asft.eval.benchmarks import load_problems
 
-    config = plan.config
-    params = model_params(config)
+    from asft.workflow.sweeps import sweep_points
+
+    # each base model's size (a sweep may change the model: one per point's model node)
+    sizes = {_model_key(point.config): model_params(point.config) for point in sweep_points(plan.config)}
+    params = next(iter(sizes.values()))
     stages: dict[str, dict[str, float]] = {}
     counts, cached = Counter(), Counter()
     done = set()
@@ -131,7 +134,7 @@ def estimate(plan: Plan, results: Path, assumptions: Assumptions = Assumptions()
         if get_mode(settings.mode).needs_reference:
             per_token += 2
         train_tokens += tokens
-        train_flops += 0.0 if node.key in done else per_token * params * tokens
+        train_flops += 0.0 if node.key in done else per_token * sizes[_base_model(plan, node).key] * tokens
         notes.append(how)
     gen_tokens = gen_flops = 0.0
     problems_cache: dict[str, int] = {}
@@ -145,7 +148,7 @@ def estimate(plan: Plan, results: Path, assumptions: Assumptions = Assumptions()
         samples = problems_cache[name] * settings.n_samples
         tokens = samples * (assumptions.prompt_tokens + completion)
         gen_tokens += tokens
-        gen_flops += 0.0 if node.key in done else 2 * params * tokens
+        gen_flops += 0.0 if node.key in done else 2 * sizes[_base_model(plan, node).key] * tokens
     gpu_hours = {
         "train": train_flops / (assumptions.peak_flops * assumptions.train_utilisation) / 3600,
         "generate": gen_flops / (assumptions.peak_flops * assumptions.generation_utilisation) / 3600,
@@ -154,12 +157,26 @@ def estimate(plan: Plan, results: Path, assumptions: Assumptions = Assumptions()
         stages[stage] = {"jobs": counts[stage], "cached": cached[stage]}
     stages.setdefault("train", {}).update(tokens=train_tokens, flops=train_flops, gpu_hours=gpu_hours["train"])
     stages.setdefault("generate", {}).update(tokens=gen_tokens, flops=gen_flops, gpu_hours=gpu_hours["generate"])
-    return {"params": params, "stages": stages, "token_sources": sorted(set(notes)), "assumptions": assumptions}
+    return {"params": params, "model_params": sorted(set(sizes.values())), "stages": stages, "token_sources": sorted(set(notes)), "assumptions": assumptions}
+
+
+def _model_key(config: Config) -> str:
+    from asft.workflow.plan import _node, model_settings
+
+    return _node("model", model_settings(config), {}).key
+
+
+def _base_model(plan: Plan, node: Node) -> Node:
+    """The base model a train or generate node descends from (by the `model` parents)."""
+    while node.stage != "model":
+        node = plan.parent(node, "model")
+    return node
 
 
 def format_estimate(result: dict[str, Any]) -> str:
     a: Assumptions = result["assumptions"]
-    lines = [f"model parameters: {result['params'] / 1e9:.3g} B", "",
+    sizes = result.get("model_params") or [result["params"]]
+    lines = [f"model parameters: {', '.join(f'{size / 1e9:.3g} B' for size in sizes)}", "",
              f"{'stage':<10} {'jobs':>5} {'cached':>7} {'tokens':>12} {'PFLOP to run':>13} {'GPU-hours':>10}"]
     for stage in STAGE_NAMES:
         row = result["stages"].get(stage)

@@ -385,6 +385,25 @@ class Config(_Strict):
     evaluate_base: bool = Field(True, description="Also evaluate the untouched base model (a 'base' row).")
     table: TableConfig = Field(default_factory=TableConfig)
     resources: ResourcesConfig = Field(default_factory=ResourcesConfig)
+    sweep: dict[str, list[Any]] = Field(
+        default_factory=dict,
+        description="A grid of settings (docs/sweeps.md): dotted setting names (loss.kl_weight, train.lr, "
+        "loss.hparams.asft-sft.alpha, train_sets.<name>.size, model.id) to lists of values; every combination is a "
+        "point, the base config with those values, and all points build into one plan (shared stages run once). "
+        "The table gains a column per swept setting.",
+    )
+    sweep_zip: dict[str, list[Any]] = Field(
+        default_factory=dict,
+        description="Swept settings that move together: lists of the same length, zipped (point i takes the i-th "
+        "value of each); combined with sweep as a grid.",
+    )
+
+    @field_validator("sweep", "sweep_zip", mode="before")
+    @classmethod
+    def _sweep_lists(cls, lists: Any, info: Any) -> Any:
+        from asft.workflow.sweeps import check_lists
+
+        return check_lists(info.field_name, lists)
 
     @field_validator("plugins")
     @classmethod
@@ -488,6 +507,14 @@ class Config(_Strict):
     @model_validator(mode="after")
     def _multiple_choice_scoring(self) -> Config:
         _check_multiple_choice(self.eval)
+        return self
+
+    @model_validator(mode="after")
+    def _sweep_points(self) -> Config:
+        if self.sweep or self.sweep_zip:
+            from asft.workflow.sweeps import sweep_points
+
+            sweep_points(self)  # every point is a valid config; an error names the entry and the point
         return self
 
     @model_validator(mode="after")

@@ -216,9 +216,19 @@ class Plan:
 
     config: Config
     nodes: dict[str, dict[str, Node]] = field(default_factory=dict)
+    #: The swept settings (config `sweep`, `sweep_zip`), label names of the nodes; empty without a sweep.
+    swept: tuple[str, ...] = ()
 
     def add(self, node: Node) -> Node:
-        self.nodes.setdefault(node.stage, {})[node.key] = node
+        """Add a node; one already there (the same content, reached again, e.g. from another sweep point)
+        keeps only the swept labels that every point reaching it agrees on."""
+        stage = self.nodes.setdefault(node.stage, {})
+        old = stage.get(node.key)
+        if old is not None and self.swept:
+            node = dataclasses.replace(node, labels={
+                name: value for name, value in node.labels.items()
+                if name not in self.swept or (name in old.labels and old.labels[name] == value)})
+        stage[node.key] = node
         return node
 
     def node(self, stage: str, key: str) -> Node:
@@ -251,6 +261,11 @@ class Plan:
         """The job in words, for Snakemake's console (`message:`) and the logs: `train asft seed 1 on
         numina_cot_10k`, `generate math_oai with asft seed 1 (numina_cot_10k)`."""
         labels = self.node(stage, key).labels
+        swept = ", ".join(f"{name}={labels[name]}" for name in self.swept if name in labels)
+        words = self._describe(stage, key, labels)
+        return f"{words} ({swept})" if swept else words
+
+    def _describe(self, stage: str, key: str, labels: dict[str, Any]) -> str:
         if stage == "model":
             return f"prepare the base model ({labels.get('model')})"
         if stage in ("data", "tokenize"):
@@ -274,7 +289,7 @@ class Plan:
                 labels = {k: v for k, v in node.labels.items() if k != "policies"}
                 rows.append({**labels, "grading": policy, "score_key": node.key})
         order = {policy: i for i, policy in enumerate(grading_policies(self.config.eval))}
-        return sorted(rows, key=lambda r: (order[r["grading"]], r["score_key"]))
+        return sorted(rows, key=lambda r: (order.get(r["grading"], len(order)), r["score_key"]))
 
     def train_rows(self) -> list[dict[str, Any]]:
         """One row per training run: its labels (train set, mode, seed) and train key (the aggregate
@@ -284,8 +299,19 @@ class Plan:
 
 
 def build_plan(cfg: Config) -> Plan:
-    plan = Plan(cfg)
-    model = plan.add(_node("model", model_settings(cfg), {}, {"model": cfg.model.id or cfg.model.source}))
+    """Every node of a config; with a sweep (asft.workflow.sweeps), of every point, in one plan: nodes of
+    the same content are one node, labelled with the swept values its points agree on."""
+    from asft.workflow.sweeps import sweep_points, swept_names
+
+    plan = Plan(cfg, swept=tuple(swept_names(cfg)))
+    for point in sweep_points(cfg):
+        _add_point(plan, point.config, point.values)
+    return plan
+
+
+def _add_point(plan: Plan, cfg: Config, swept: dict[str, Any]) -> None:
+    """The nodes of one configuration (a sweep point: `swept` its values, added to every node's labels)."""
+    model = plan.add(_node("model", model_settings(cfg), {}, {"model": cfg.model.id or cfg.model.source, **swept}))
     tokenize = tokenize_settings(cfg)
     generate_runtime = GenerateRuntime(batch_size=cfg.eval.batch_size, tensor_parallel=cfg.eval.tensor_parallel)
     generations = {benchmark: generate_settings(cfg, benchmark) for benchmark in cfg.eval.benchmarks}
@@ -296,7 +322,7 @@ def build_plan(cfg: Config) -> Plan:
             parents = {"model": evaluated}
             if cfg.eval.drift and evaluated is not model:
                 parents["base"] = model
-            labels = {**labels, "benchmark": benchmark}
+            labels = {**labels, "benchmark": benchmark, **swept}
             samples = plan.add(_node("generate", settings, parents, labels, generate_runtime))
             judged: dict[str, list[str]] = {}  # score key -> the policies it stands for
             for policy in policies:
@@ -308,12 +334,13 @@ def build_plan(cfg: Config) -> Plan:
     if cfg.evaluate_base:
         add_evals(model, {"train_set": "-", "mode": BASE_LABEL, "seed": None})
     for train_set in cfg.train_sets:
-        data = plan.add(_node("data", data_settings(cfg, train_set), {}, {"train_set": train_set.name}))
+        data = plan.add(_node("data", data_settings(cfg, train_set), {}, {"train_set": train_set.name, **swept}))
         tokenized = plan.add(_node("tokenize", tokenize, {"model": model, "data": data},
-                                   {"train_set": train_set.name}, TokenizeRuntime(num_proc=cfg.tokenize.num_proc)))
+                                   {"train_set": train_set.name, **swept},
+                                   TokenizeRuntime(num_proc=cfg.tokenize.num_proc)))
         for mode in cfg.modes:
             for seed in cfg.seeds:
-                labels = {"train_set": train_set.name, "mode": mode, "seed": seed}
+                labels = {"train_set": train_set.name, "mode": mode, "seed": seed, **swept}
                 trained = plan.add(_node("train", train_settings(cfg, mode, seed),
                                          {"model": model, "tokenize": tokenized}, labels, train_runtime(cfg)))
                 evaluated = trained
@@ -321,7 +348,6 @@ def build_plan(cfg: Config) -> Plan:
                     evaluated = plan.add(_node("merge", MergeSettings(dtype=cfg.merge_dtype),
                                                {"train": trained, "model": model}, labels))
                 add_evals(evaluated, labels)
-    return plan
 
 
 # --- node files: the plan as the jobs read it ------------------------------------------------------
