@@ -266,9 +266,10 @@ def sweep_points(cfg: Config) -> list[SweepPoint]:
 def describe_sweep(cfg: Config) -> str:
     """The sweep in words, for `asft plan`: its points and each swept setting's values."""
     points = len(sweep_points(cfg))
-    lines = [f"sweep: {points} point{'s' if points != 1 else ''} "
-             f"({' x '.join(str(len(v)) for v in cfg.sweep.values()) or '1'} grid"
-             + (f", {len(next(iter(cfg.sweep_zip.values())))} zipped" if cfg.sweep_zip else "") + ")"]
+    shape = [f"{' x '.join(str(len(v)) for v in cfg.sweep.values())} grid"] if cfg.sweep else []
+    if cfg.sweep_zip:
+        shape.append(f"{len(next(iter(cfg.sweep_zip.values())))} zipped")
+    lines = [f"sweep: {points} point{'s' if points != 1 else ''} ({', '.join(shape)})"]
     for field in SWEEP_FIELDS:
         for name, values in getattr(cfg, field).items():
             zipped = " (zipped)" if field == "sweep_zip" else ""
