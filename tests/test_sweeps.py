@@ -192,6 +192,7 @@ def test_the_aggregate_of_a_two_point_sweep_has_a_row_per_mode_and_point(tmp_pat
     assert list(csv.columns[:3]) == ["train_set", "mode", "loss.kl_weight"] and len(csv) == 4
     runs = pd.read_csv(out / "runs.csv")
     assert list(runs.columns[:5]) == ["train_set", "mode", "loss.kl_weight", "seed", "grading"] and len(runs) == 7
+    assert "mul,asft,0.01,0,strict," in (out / "runs.csv").read_text()  # as written, not the metrics' 0.0100
     markdown = (out / "table.md").read_text()
     assert "| train set | mode | loss.kl_weight | seeds |" in markdown
     assert "| mul | asft | 0.01 | 2 | 71.5 ± 0.7 |" in markdown and "| mul | sft | - | 2 |" in markdown

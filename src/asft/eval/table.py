@@ -329,8 +329,8 @@ def aggregate(eval_rows: Sequence[Mapping[str, Any]], eval_dirs: Mapping[str, Pa
     main = tables[0]
     runs, table = pd.concat(all_runs, ignore_index=True), pd.concat(tables, ignore_index=True)
     out_dir.mkdir(parents=True, exist_ok=True)
-    _write_atomic(out_dir / "runs.csv", runs.to_csv(index=False, float_format="%.4f"))
-    _write_atomic(out_dir / "table.csv", table.to_csv(index=False, float_format="%.4f"))
+    _write_atomic(out_dir / "runs.csv", _swept_as_text(runs, swept).to_csv(index=False, float_format="%.4f"))
+    _write_atomic(out_dir / "table.csv", _swept_as_text(table, swept).to_csv(index=False, float_format="%.4f"))
     markdown = markdown_table(table, benchmarks, title=title, labels=labels, published=published, target=target,
                               grading=grading_notes(eval_rows, scores), swept=swept)
     _write_atomic(out_dir / "table.md", markdown)
@@ -352,6 +352,17 @@ def aggregate(eval_rows: Sequence[Mapping[str, Any]], eval_dirs: Mapping[str, Pa
     curves_chart(curves, [out_dir / "curves.png", out_dir / "curves.pdf"], mode_order=mode_order,
                  title=f"Training curves: {title}")
     return table
+
+
+def _swept_as_text(frame: pd.DataFrame, swept: Sequence[str]) -> pd.DataFrame:
+    """The swept columns as written (a learning rate of 5e-06 is not rounded to the metrics' 4 decimals;
+    empty where the row does not depend on it)."""
+    if not swept:
+        return frame
+    frame = frame.copy()
+    for name in swept:
+        frame[name] = ["" if not _present(v) else f"{v:.10g}" if isinstance(v, float) else str(v) for v in frame[name]]
+    return frame
 
 
 def _point_name(row: Mapping[str, Any], swept: Sequence[str]) -> str:
