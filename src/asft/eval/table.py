@@ -365,17 +365,17 @@ def _swept_as_text(frame: pd.DataFrame, swept: Sequence[str]) -> pd.DataFrame:
     return frame
 
 
-def _point_name(row: Mapping[str, Any], swept: Sequence[str]) -> str:
+def _point_name(row: Mapping[str, Any], swept: Sequence[str], sep: str = " ") -> str:
     """The train set with the row's swept values (the figures group bars and curves by train set and mode)."""
     values = [f"{name.rsplit('.', 1)[-1]}={swept_text(row.get(name))}" for name in swept if _present(row.get(name))]
-    return " ".join([str(row["train_set"]), *values])
+    return sep.join([str(row["train_set"]), *values])
 
 
 def _with_point(table: pd.DataFrame, swept: Sequence[str]) -> pd.DataFrame:
     if not swept:
         return table
     table = table.copy()
-    table["train_set"] = [_point_name(row, swept) for _, row in table.iterrows()]
+    table["train_set"] = [_point_name(row, swept, "\n") for _, row in table.iterrows()]
     return table
 
 
