@@ -264,3 +264,15 @@ def test_asft_plan_prints_the_sweep(tmp_path):
     train = next(line for line in out.splitlines() if line.startswith("train "))
     # sft and dft use neither KL setting: 2 lr points x 2 seeds each; sft+kl and asft: 8 points x 2 seeds each
     assert train.split()[1] == str(2 * 2 * 2 + 2 * 8 * 2) and "GPU-hours" in out
+
+
+def test_the_runs_index_gives_each_sweep_point_its_own_folder():
+    from asft.workflow.run_index import run_folder
+
+    row = {"train_set": "mul", "mode": "asft", "seed": 0, "benchmark": "embedded_mul", "grading": "strict",
+           "score_key": "0" * 16}
+    points = {run_folder({**row, "loss.kl_weight": w, "loss.kl_direction": d}) for w in (0.01, 0.05)
+              for d in ("ref_policy", "policy_ref")}
+    assert len(points) == 4 and Path("mul/asft/seed0/loss.kl_direction=ref_policy,loss.kl_weight=0.05") in points
+    assert run_folder(row) == Path("mul/asft/seed0") and run_folder({**row, "mode": "base"}) == Path("base")
+    assert run_folder({**row, "loss.kl_weight": "-"}) == Path("mul/asft/seed0")  # a row the setting does not touch

@@ -564,7 +564,6 @@ def _check_dynamics(cfg: Config) -> None:
                              "measure multiple-choice benchmarks only, or use another eval template")
 
 
-
 def grading_policies(ev: EvalConfig) -> list[str]:
     """The grading policies of a config's generated answers: its own list, else its protocol's."""
     from asft.eval.protocols import get_protocol

@@ -5,6 +5,7 @@
                                           /generate/<benchmark>          -> results/generate/<key>
                                           /score/<benchmark>/<policy>    -> results/score/<key>
     results/runs/base/generate/<benchmark>, results/runs/base/score/<benchmark>/<policy>
+    a sweep point adds a folder of its settings: results/runs/mul/asft/seed0/loss.kl_weight=0.05/train
     results/runs/index.csv: one row per (run, benchmark, policy) with the same paths
 
 Built by `publish` from the table it publishes (its plan.json rows name the scores; each manifest
@@ -33,10 +34,16 @@ def _parents(results: Path, ref: str) -> dict[str, str]:
         return {}
 
 
+#: The labels every row has; any other is a swept setting (asft.workflow.sweeps) and names a point.
+ROW_LABELS = frozenset({"train_set", "mode", "seed", "benchmark", "grading", "score_key", "policies"})
+
+
 def run_folder(row: Mapping[str, Any]) -> Path:
-    if row.get("mode") == "base":
-        return Path("base")
-    return Path(str(row["train_set"])) / str(row["mode"]) / f"seed{row['seed']}"
+    """base, or <train set>/<mode>/seed<k>; a sweep point's settings add a folder (`loss.kl_weight=0.05`)."""
+    folder = Path("base") if row.get("mode") == "base" else \
+        Path(str(row["train_set"])) / str(row["mode"]) / f"seed{row['seed']}"
+    point = ",".join(f"{name}={row[name]}" for name in sorted(set(row) - ROW_LABELS) if row[name] not in (None, "-"))
+    return folder / point.replace("/", "_") if point else folder
 
 
 def index_entries(results: Path, rows: list[Mapping[str, Any]]) -> list[dict[str, str]]:
