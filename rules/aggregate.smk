@@ -20,6 +20,15 @@ rule aggregate:
         pdf=f"results/tables/{TABLE_KEY}/table.pdf",
         curves=report(f"results/tables/{TABLE_KEY}/curves.png", caption="../report/all_curves.rst", category="Results"),
         curves_pdf=f"results/tables/{TABLE_KEY}/curves.pdf",
+        # the paper's figures, always written (a placeholder saying why where one does not apply)
+        sweep=report(f"results/tables/{TABLE_KEY}/sweep.png", caption="../report/sweep.rst", category="Results"),
+        sweep_pdf=f"results/tables/{TABLE_KEY}/sweep.pdf",
+        dynamics=report(
+            f"results/tables/{TABLE_KEY}/dynamics.png", caption="../report/dynamics.rst", category="Results"
+        ),
+        dynamics_pdf=f"results/tables/{TABLE_KEY}/dynamics.pdf",
+        models=report(f"results/tables/{TABLE_KEY}/models.png", caption="../report/models.rst", category="Results"),
+        models_pdf=f"results/tables/{TABLE_KEY}/models.pdf",
         config=report(
             f"results/tables/{TABLE_KEY}/config.yaml", caption="../report/config.rst", category="Configuration"
         ),

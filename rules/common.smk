@@ -79,7 +79,18 @@ TABLE_KEY = PLAN.table_key()
 
 
 #: Files of the keyed table folder that `publish` copies to results/ under fixed names.
-PUBLISHED = ["table.csv", "table.md", "table.html", "table.tex", "runs.csv", "table.png", "curves.png"]
+PUBLISHED = [
+    "table.csv",
+    "table.md",
+    "table.html",
+    "table.tex",
+    "runs.csv",
+    "table.png",
+    "curves.png",
+    "sweep.png",
+    "dynamics.png",
+    "models.png",
+]
 
 
 def final_outputs():

@@ -72,7 +72,8 @@ ATTEMPTS = 3  # a kill meant to fall in that window that came too late is tried 
 FOLDERS = {"model": "model", "data": "data", "tokenize": "tokenize", "train": "train", "merge": "merge",
            "generate": "generate", "score": "score", "aggregate": "tables"}
 ORDER = ["data", "model", "tokenize", "train", "merge", "generate", "score", "aggregate", "publish"]
-PUBLISHED = ["table.csv", "table.md", "table.html", "table.tex", "runs.csv", "table.png", "curves.png"]
+PUBLISHED = ["table.csv", "table.md", "table.html", "table.tex", "runs.csv", "table.png", "curves.png",
+             "sweep.png", "dynamics.png", "models.png"]
 # The full matrix: marked slow and kill_matrix, and skipped unless ASFT_KILL_MATRIX=1.
 OPT_IN = [pytest.mark.slow, pytest.mark.kill_matrix,
           pytest.mark.skipif(os.environ.get("ASFT_KILL_MATRIX") != "1",

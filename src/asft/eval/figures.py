@@ -1,5 +1,7 @@
-"""The aggregate's figures: the comparison of the modes (table.png/.pdf) and the training curves of every
-run on shared axes (curves.png/.pdf). Each figure says, in itself, what its bars, lines and error bars
+"""The aggregate's figures: the comparison of the modes (table.png/.pdf), the training curves of every
+run on shared axes (curves.png/.pdf), and the paper's figures (`paper_figures`, docs/figures.md): the
+metrics against a swept value (sweep.png), the training dynamics (dynamics.png) and the modes across
+models (models.png), each a placeholder saying why where it does not apply. Each figure says, in itself, what its bars, lines and error bars
 are and which benchmarks make each mean; a mode keeps its colour in both.
 
 matplotlib only (the aggregate runs in the light environment: no torch).
@@ -186,3 +188,345 @@ def _uses_kl(run: Mapping[str, Any]) -> bool:
     if run.get("uses_kl") is not None:
         return bool(run["uses_kl"])
     return any(_finite(e.get("kl")) and float(e["kl"]) != 0.0 for e in run["entries"])
+
+
+# --- the paper's figures: sweep.png (Figures 2, 4, 5), dynamics.png (Figure 1), models.png (Figure 3) ----
+
+#: metrics.jsonl keys of a training run's evaluation points (asft.eval.dynamics, which needs torch)
+EVAL_PREFIX = "eval/"
+KL_FROM_BASE = "eval/kl_from_base"
+#: The swept setting that makes models.png (one group of bars per model)
+MODEL_SETTING = "model.id"
+#: Benchmarks get a panel of their own in sweep.png when there are at most this many
+MAX_BENCHMARK_PANELS = 4
+FIGURES = ("sweep", "dynamics", "models")
+
+
+def _display(benchmark: str) -> str:
+    try:
+        from asft.eval.benchmarks import get_benchmark
+
+        return get_benchmark(benchmark).display
+    except Exception:  # noqa: BLE001 (a benchmark this checkout does not know: its name)
+        return benchmark
+
+
+def _number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and _finite(value)
+
+
+def _short(name: str) -> str:
+    return name.rsplit(".", 1)[-1]
+
+
+def _text(value: Any) -> str:
+    return f"{value:g}" if isinstance(value, float) else str(value)
+
+
+def numeric_swept(table: pd.DataFrame, swept: Sequence[str]) -> list[str]:
+    """The swept settings whose values are numbers (at least two of them): sweep.png's x axes."""
+    numeric = []
+    for name in swept:
+        if name == MODEL_SETTING or name not in table:
+            continue
+        values = [v for v in table[name] if v is not None and not (isinstance(v, float) and math.isnan(v))]
+        if values and all(_number(v) for v in values) and len(set(map(float, values))) > 1:
+            numeric.append(name)
+    return numeric
+
+
+def _present_values(row: Mapping[str, Any], names: Sequence[str]) -> dict[str, Any]:
+    out = {}
+    for name in names:
+        value = row.get(name)
+        if value is not None and not (isinstance(value, float) and math.isnan(value)):
+            out[name] = value
+    return out
+
+
+def _several_sets(table: pd.DataFrame) -> bool:
+    return len({t for t in table["train_set"] if t != "-"}) > 1
+
+
+def _label(row: Mapping[str, Any], values: Mapping[str, Any], several_sets: bool) -> str:
+    parts = [str(row["mode"]), *(f"{_short(k)}={_text(v)}" for k, v in values.items())]
+    if several_sets and row["train_set"] != "-":
+        parts.append(str(row["train_set"]))
+    return ", ".join(parts)
+
+
+def sweep_series(table: pd.DataFrame, swept: Sequence[str], metric: str = "target"
+                 ) -> dict[str, list[tuple[float, float, float]]]:
+    """sweep.png's lines of one metric: series -> [(swept value, mean over seeds, sample std over seeds)],
+    by value (std NaN for one seed). A row's x is the first numeric swept setting it has a value for;
+    a series is a mode with the row's other swept values (and its train set when there are several),
+    named `mode, name=value` (with ` vs <setting>` when the series do not share one x setting)."""
+    numeric = numeric_swept(table, swept)
+    several = _several_sets(table)
+    series: dict[str, list[tuple[float, float, float]]] = {}
+    x_of: dict[str, str] = {}
+    for _, row in table.iterrows():
+        values = _present_values(row, swept)
+        x_name = next((n for n in numeric if n in values), None)
+        if x_name is None:
+            continue
+        x = float(values.pop(x_name))
+        name = _label(row, values, several)
+        x_of[name] = x_name
+        series.setdefault(name, []).append((x, float(row[f"{metric}_mean"]), float(row[f"{metric}_std"])))
+    if len(set(x_of.values())) > 1:
+        series = {f"{name} vs {_short(x_of[name])}": points for name, points in series.items()}
+    return {name: sorted(points) for name, points in series.items()}
+
+
+def sweep_baselines(table: pd.DataFrame, swept: Sequence[str], metric: str = "target"
+                    ) -> dict[str, tuple[float, float]]:
+    """The rows that do not depend on a numeric swept setting (the base, sft and dft in a `loss.kl_weight`
+    sweep: `-` in its column): label -> (mean, std), sweep.png's dashed lines."""
+    numeric = numeric_swept(table, swept)
+    several = _several_sets(table)
+    baselines = {}
+    for _, row in table.iterrows():
+        values = _present_values(row, swept)
+        if any(n in values for n in numeric):
+            continue
+        baselines[_label(row, values, several)] = (float(row[f"{metric}_mean"]), float(row[f"{metric}_std"]))
+    return baselines
+
+
+def _metric_panels(table: pd.DataFrame, benchmarks: Sequence[str], target: Sequence[str],
+                   retention: Sequence[str], labels: Mapping[str, str] | None) -> list[tuple[str, str]]:
+    """(metric, panel title naming its benchmarks): the target mean, the retention mean, and each benchmark
+    when there are few (not one that alone makes a mean: that panel is the same)."""
+    labels = {"target": "target", "retention": "retention", **(labels or {})}
+    panels = [("target", f"{labels['target']} accuracy (%)\nmean of {', '.join(map(_display, target)) or '—'}")]
+    if retention and any(_finite(v) for v in table.get("retention_mean", [])):
+        panels.append(("retention", f"{labels['retention']} accuracy (%)\nmean of "
+                                    f"{', '.join(map(_display, retention))}"))
+    if len(benchmarks) <= MAX_BENCHMARK_PANELS:
+        alone = {*(target if len(target) == 1 else ()), *(retention if len(retention) == 1 else ())}
+        panels += [(b, f"{_display(b)} accuracy (%)") for b in benchmarks if b not in alone and f"{b}_mean" in table]
+    return panels
+
+
+def _colour_of(name: str, colours: Mapping[str, str]) -> str:
+    return colours.get(name.split(",")[0].split(" vs ")[0], BASE_COLOUR)
+
+
+def sweep_chart(table: pd.DataFrame, paths: Sequence[Path], *, swept: Sequence[str], benchmarks: Sequence[str],
+                target: Sequence[str], retention: Sequence[str], labels: Mapping[str, str] | None = None,
+                mode_order: Sequence[str] = (), title: str = "") -> None:
+    """The metrics against the swept value (Figures 2, 4, 5): one line per series (sweep_series), error
+    bars ±1 sample std over seeds, dashed lines for the rows without a swept value (sweep_baselines);
+    log x axis when the values span more than a decade."""
+    plt = _pyplot()
+    numeric = numeric_swept(table, swept)
+    panels = _metric_panels(table, benchmarks, target, retention, labels)
+    colours = mode_colours([*mode_order, *table["mode"]])
+    fig, axes = plt.subplots(1, len(panels), figsize=(5.4 * len(panels), 4.6), squeeze=False)
+    for axis, (metric, name) in zip(axes[0], panels):
+        series = sweep_series(table, swept, metric)
+        xs = [x for points in series.values() for x, _, _ in points]
+        for index, (label, points) in enumerate(series.items()):
+            x, mean, std = zip(*points)
+            yerr = [s if _finite(s) else 0.0 for s in std] if any(_finite(s) for s in std) else None
+            axis.errorbar(x, mean, yerr=yerr, color=_colour_of(label, colours), marker="o", markersize=4,
+                          linestyle=LINE_STYLES[index % 2 * 2], capsize=3, linewidth=1.6, label=label)
+        for index, (label, (mean, std)) in enumerate(sweep_baselines(table, swept, metric).items()):
+            if _finite(mean):
+                axis.axhline(mean, color=_colour_of(label, colours), linestyle="--", linewidth=1.1, alpha=0.9,
+                             label=f"{label} (not swept)" + (f" ±{std:.1f}" if _finite(std) else ""))
+        if xs and min(xs) > 0 and max(xs) / min(xs) > 10:
+            axis.set_xscale("log")
+        axis.set_xlabel(" / ".join(numeric))
+        axis.set_title(name, fontsize=9)
+        axis.grid(alpha=0.3)
+        axis.legend(fontsize=7)
+    fig.suptitle(title, fontsize=11)
+    fig.text(0.5, 0.01, "Lines: mean over seeds at each swept value; error bars: ±1 sample std over seeds (none "
+             "for one seed). Dashed: runs that do not depend on the swept setting (legend: ± their std).",
+             ha="center", fontsize=8)
+    fig.tight_layout(rect=(0, 0.04, 1, 0.95))
+    _save(fig, paths)
+    plt.close(fig)
+
+
+def read_eval_points(folder: Path | None) -> list[dict[str, Any]]:
+    """A training run's evaluation points (`train.eval_every`: entries with `eval/...` keys), by step;
+    a step logged twice (a resumed run) keeps its last values."""
+    by_step: dict[int, dict[str, Any]] = {}
+    metrics = Path(folder) / "metrics.jsonl" if folder is not None else None
+    if metrics is not None and metrics.exists():
+        for line in metrics.read_text().splitlines():
+            if line.strip():
+                entry = json.loads(line)
+                if "step" in entry and any(str(k).startswith(EVAL_PREFIX) for k in entry):
+                    by_step.setdefault(int(entry["step"]), {}).update(entry)
+    return [by_step[s] for s in sorted(by_step)]
+
+
+def dynamics_metrics(runs: Sequence[Mapping[str, Any]]) -> list[str]:
+    """The logged metrics: each benchmark's accuracy (in the order first logged), then the KL from the base."""
+    names = dict.fromkeys(k for run in runs for e in run["points"] for k in e
+                          if k.startswith(EVAL_PREFIX) and k.endswith("/accuracy"))
+    has_kl = any(KL_FROM_BASE in e for run in runs for e in run["points"])
+    return [*names, *([KL_FROM_BASE] if has_kl else [])]
+
+
+def dynamics_series(runs: Sequence[Mapping[str, Any]], metric: str, *, mode_order: Sequence[str] = ()
+                    ) -> dict[str, list[tuple[int, float, float, float]]]:
+    """dynamics.png's lines of one metric: series (the mode, with the run's point when several) ->
+    [(step, mean over seeds, lowest seed, highest seed)] at the steps every seed of it logged.
+    `runs`: {train_set (the point's name), mode, seed, points (read_eval_points)}."""
+    groups: dict[tuple[str, str], list[Mapping[str, Any]]] = {}
+    for run in runs:
+        if run["points"]:
+            groups.setdefault((str(run["train_set"]), str(run["mode"])), []).append(run)
+    order = {mode: i for i, mode in enumerate(mode_order)}
+    several = len({k[0] for k in groups}) > 1
+    series = {}
+    for key in sorted(groups, key=lambda k: (k[0], order.get(k[1], len(order)), k[1])):
+        per_step: dict[int, list[float]] = {}
+        for run in groups[key]:
+            for entry in run["points"]:
+                if _finite(entry.get(metric)):
+                    per_step.setdefault(int(entry["step"]), []).append(float(entry[metric]))
+        points = [(s, sum(v) / len(v), min(v), max(v)) for s, v in sorted(per_step.items())
+                  if len(v) == len(groups[key])]
+        if points:
+            series[f"{key[1]} ({key[0]})" if several else key[1]] = points
+    return series
+
+
+def dynamics_chart(runs: Sequence[Mapping[str, Any]], paths: Sequence[Path], *, mode_order: Sequence[str] = (),
+                   title: str = "") -> None:
+    """Figure 1: accuracy per benchmark and KL from the base against the optimizer step, one line per mode
+    (mean over seeds), the seeds' range as a band."""
+    plt = _pyplot()
+    from matplotlib.ticker import MaxNLocator
+
+    metrics = dynamics_metrics(runs)
+    colours = mode_colours([*mode_order, *(str(r["mode"]) for r in runs)])
+    n_seeds = {}
+    for run in runs:
+        if run["points"]:
+            n_seeds.setdefault(str(run["mode"]), set()).add(run.get("seed"))
+    fig, axes = plt.subplots(1, len(metrics), figsize=(5.2 * len(metrics), 4.4), squeeze=False)
+    for axis, metric in zip(axes[0], metrics):
+        for label, points in dynamics_series(runs, metric, mode_order=mode_order).items():
+            steps, mean, low, high = zip(*points)
+            colour = colours.get(label.split(" (")[0], BASE_COLOUR)
+            seeds = len(n_seeds.get(label.split(" (")[0], ()))
+            axis.plot(steps, mean, color=colour, marker="o", markersize=3, linewidth=1.8,
+                      label=f"{label}, {seeds} seed{'s' * (seeds > 1)}")
+            if seeds > 1:
+                axis.fill_between(steps, low, high, color=colour, alpha=0.18, linewidth=0)
+        if metric == KL_FROM_BASE:
+            axis.set_title("KL from the base (mean per-token KL(base ‖ model))", fontsize=9)
+        else:
+            axis.set_title(f"{_display(metric[len(EVAL_PREFIX):-len('/accuracy')])} accuracy (%)", fontsize=9)
+        axis.set_xlabel("optimizer step")
+        axis.xaxis.set_major_locator(MaxNLocator(integer=True))
+        axis.grid(alpha=0.3)
+        axis.legend(fontsize=7)
+    fig.suptitle(title, fontsize=11)
+    fig.text(0.5, 0.01, "Lines: mean over seeds at each evaluation point (train.eval_every); bands: the lowest to "
+             "the highest seed. Measured during training on each benchmark's first train.eval_limit problems.",
+             ha="center", fontsize=8)
+    fig.tight_layout(rect=(0, 0.04, 1, 0.95))
+    _save(fig, paths)
+    plt.close(fig)
+
+
+def models_series(table: pd.DataFrame, swept: Sequence[str], metric: str = "target"
+                  ) -> dict[str, dict[str, tuple[float, float]]]:
+    """models.png's bars of one metric: model -> {bar (the mode, with the row's other swept values):
+    (mean over seeds, sample std over seeds)}; models in natural order (…-0.5B before …-1.5B before …-7B)."""
+    from asft.eval.table import _natural_key
+
+    several = _several_sets(table)
+    others = [n for n in swept if n != MODEL_SETTING]
+    groups: dict[str, dict[str, tuple[float, float]]] = {}
+    for _, row in table.iterrows():
+        model = _present_values(row, [MODEL_SETTING]).get(MODEL_SETTING)
+        if model is None:
+            continue
+        bar = _label(row, _present_values(row, others), several)
+        groups.setdefault(str(model), {})[bar] = (float(row[f"{metric}_mean"]), float(row[f"{metric}_std"]))
+    return {m: groups[m] for m in sorted(groups, key=_natural_key)}
+
+
+def models_chart(table: pd.DataFrame, paths: Sequence[Path], *, swept: Sequence[str], benchmarks: Sequence[str],
+                 target: Sequence[str], retention: Sequence[str], labels: Mapping[str, str] | None = None,
+                 mode_order: Sequence[str] = (), title: str = "") -> None:
+    """Figure 3: grouped bars, one group per model (`model.id` swept), one bar per mode, error bars ±1
+    sample std over seeds."""
+    plt = _pyplot()
+    panels = _metric_panels(table, benchmarks, target, retention, labels)[:2]
+    colours = mode_colours([*mode_order, *table["mode"]])
+    fig, axes = plt.subplots(1, len(panels), figsize=(max(6.0, 1.2 * len(set(table["mode"])) * 2.2) * len(panels),
+                                                      4.8), squeeze=False)
+    for axis, (metric, name) in zip(axes[0], panels):
+        groups = models_series(table, swept, metric)
+        bars = list(dict.fromkeys(b for group in groups.values() for b in group))
+        width = 0.8 / max(len(bars), 1)
+        for index, bar in enumerate(bars):
+            xs = [i + (index - (len(bars) - 1) / 2) * width for i, g in enumerate(groups) if bar in groups[g]]
+            means = [groups[g][bar][0] for g in groups if bar in groups[g]]
+            stds = [groups[g][bar][1] for g in groups if bar in groups[g]]
+            axis.bar(xs, [m if _finite(m) else 0.0 for m in means], width=width * 0.95,
+                     color=_colour_of(bar, colours), label=bar, zorder=2)
+            if any(_finite(s) for s in stds):
+                axis.errorbar(xs, means, yerr=[s if _finite(s) else 0.0 for s in stds], fmt="none", ecolor="black",
+                              elinewidth=1, capsize=3, zorder=3)
+        axis.set_xticks(range(len(groups)), [g.rsplit("/", 1)[-1] for g in groups], fontsize=8)
+        axis.set_title(name, fontsize=9)
+        axis.grid(axis="y", alpha=0.3, zorder=0)
+        axis.legend(fontsize=7)
+    fig.suptitle(title, fontsize=11)
+    fig.text(0.5, 0.01, "Bars: mean over seeds per model (model.id) and mode; error bars: ±1 sample std over "
+             "seeds (none for one seed).", ha="center", fontsize=8)
+    fig.tight_layout(rect=(0, 0.04, 1, 0.95))
+    _save(fig, paths)
+    plt.close(fig)
+
+
+def placeholder_chart(paths: Sequence[Path], message: str, title: str = "") -> None:
+    """A small figure saying why a figure does not apply (the aggregate writes every figure always)."""
+    plt = _pyplot()
+    fig = plt.figure(figsize=(6, 2.2))
+    fig.text(0.5, 0.62, title, ha="center", va="center", fontsize=10)
+    fig.text(0.5, 0.38, message, ha="center", va="center", fontsize=9, color="#57606a", wrap=True)
+    _save(fig, paths)
+    plt.close(fig)
+
+
+def paper_figures(table: pd.DataFrame, runs: Sequence[Mapping[str, Any]], out_dir: Path, *,
+                  swept: Sequence[str], benchmarks: Sequence[str], target: Sequence[str], retention: Sequence[str],
+                  labels: Mapping[str, str] | None = None, mode_order: Sequence[str] = (),
+                  title: str = "") -> dict[str, bool]:
+    """sweep, dynamics and models (.png and .pdf) into out_dir, each a placeholder saying why where it does
+    not apply. `table`: the main summary table; `runs`: the training runs ({train_set, mode, seed, folder}).
+    Returns which figures apply."""
+    out_dir = Path(out_dir)
+    paths = {name: [out_dir / f"{name}.png", out_dir / f"{name}.pdf"] for name in FIGURES}
+    common = {"swept": swept, "benchmarks": benchmarks, "target": target, "retention": retention, "labels": labels,
+              "mode_order": mode_order}
+    applies = {"sweep": bool(numeric_swept(table, swept)), "models": MODEL_SETTING in swept}
+    if applies["sweep"]:
+        sweep_chart(table, paths["sweep"], title=f"Sweep: {title}", **common)
+    else:
+        placeholder_chart(paths["sweep"], "no sweep over numeric values in this configuration (config `sweep:`)",
+                          title)
+    if applies["models"]:
+        models_chart(table, paths["models"], title=f"Models: {title}", **common)
+    else:
+        placeholder_chart(paths["models"], "model.id is not swept in this configuration", title)
+    with_points = [{**run, "points": read_eval_points(run.get("folder"))} for run in runs]
+    applies["dynamics"] = any(run["points"] for run in with_points)
+    if applies["dynamics"]:
+        dynamics_chart(with_points, paths["dynamics"], mode_order=mode_order, title=f"Training dynamics: {title}")
+    else:
+        placeholder_chart(paths["dynamics"], "no evaluation points during training in this configuration "
+                          "(train.eval_every)", title)
+    return applies

@@ -304,7 +304,8 @@ def aggregate(eval_rows: Sequence[Mapping[str, Any]], eval_dirs: Mapping[str, Pa
               mode_order: Sequence[str], title: str, labels: Mapping[str, str] | None = None,
               published: Mapping[str, Any] | None = None, train_rows: Sequence[Mapping[str, Any]] = (),
               train_dirs: Mapping[str, Path] | None = None, swept: Sequence[str] | None = None) -> pd.DataFrame:
-    """Write table.csv, table.md, table.html, table.tex, runs.csv, table.png/.pdf and curves.png/.pdf.
+    """Write table.csv, table.md, table.html, table.tex, runs.csv, table.png/.pdf, curves.png/.pdf and
+    sweep, dynamics and models .png/.pdf (asft.eval.figures.paper_figures: placeholders where they do not apply).
 
     Each row of `eval_rows` names its grading policy (`grading`): the first policy's rows make the main
     table (compared with the published numbers; the LaTeX table and the chart); each other policy's
@@ -337,7 +338,7 @@ def aggregate(eval_rows: Sequence[Mapping[str, Any]], eval_dirs: Mapping[str, Pa
     _write_atomic(out_dir / "table.html", html_page(markdown))
     _write_atomic(out_dir / "table.tex", latex_table(main, benchmarks, swept))
 
-    from asft.eval.figures import comparison_chart, curves_chart, read_training_run
+    from asft.eval.figures import comparison_chart, curves_chart, paper_figures, read_training_run
 
     policy_note = f" (graded with {policies[0]})" if len(policies) > 1 else ""
     comparison_chart(_with_point(main, swept), [out_dir / "table.png", out_dir / "table.pdf"],
@@ -348,9 +349,12 @@ def aggregate(eval_rows: Sequence[Mapping[str, Any]], eval_dirs: Mapping[str, Pa
     for row in train_rows:
         folder = (train_dirs or {}).get(row["train_key"])
         entries, uses_kl = read_training_run(folder) if folder is not None else ([], None)
-        curves.append({**row, "train_set": _point_name(row, swept), "entries": entries, "uses_kl": uses_kl})
+        curves.append({**row, "train_set": _point_name(row, swept), "entries": entries, "uses_kl": uses_kl,
+                       "folder": folder})
     curves_chart(curves, [out_dir / "curves.png", out_dir / "curves.pdf"], mode_order=mode_order,
                  title=f"Training curves: {title}")
+    paper_figures(main, curves, out_dir, swept=swept, benchmarks=benchmarks, target=target, retention=retention,
+                  labels=labels, mode_order=mode_order, title=title + policy_note)  # sweep, dynamics, models
     return table
 
 
