@@ -170,6 +170,23 @@ def test_models_sweep_groups_bars_by_model(tmp_path):
     _assert_figures(out, {"sweep", "dynamics"})
 
 
+def test_models_zipped_with_a_learning_rate_keep_one_bar_per_mode(tmp_path):
+    """Figure 3 with `sweep_zip` (a learning rate per size): the rate does not split a model's bars, and
+    sweep.png shows the modes against it."""
+    runs = {}
+    for model, lr in (("org/m-7B", 1e-5), ("org/m-0.5B", 1e-4)):
+        runs[("base", None, (("model.id", model),))] = (30.0, 80.0)
+        for mode in ("sft", "asft"):
+            runs[(mode, 0, (("model.id", model), ("train.lr", lr)))] = (50.0, 60.0)
+    out, table = _build(tmp_path, runs)
+    groups = models_series(table, ["model.id", "train.lr"])
+    assert {model: list(bars) for model, bars in groups.items()} == {"org/m-0.5B": ["base", "sft", "asft"],
+                                                                      "org/m-7B": ["base", "sft", "asft"]}
+    assert list(sweep_series(table, ["model.id", "train.lr"])) == [
+        "sft, model=org/m-0.5B", "sft, model=org/m-7B", "asft, model=org/m-0.5B", "asft, model=org/m-7B"]
+    _assert_figures(out, {"dynamics"})
+
+
 def test_without_sweep_or_eval_points_todays_outputs_and_placeholders(tmp_path):
     runs = {("base", None, ()): (50.0, 80.0), ("sft", 0, ()): (70.0, 40.0), ("asft", 0, ()): (68.0, 75.0)}
     out, table = _build(tmp_path, runs)

@@ -216,7 +216,7 @@ def _number(value: Any) -> bool:
 
 
 def _short(name: str) -> str:
-    return name.rsplit(".", 1)[-1]
+    return "model" if name == MODEL_SETTING else name.rsplit(".", 1)[-1]
 
 
 def _text(value: Any) -> str:
@@ -445,7 +445,7 @@ def models_series(table: pd.DataFrame, swept: Sequence[str], metric: str = "targ
     from asft.eval.table import _natural_key
 
     several = _several_sets(table)
-    others = [n for n in swept if n != MODEL_SETTING]
+    others = [n for n in swept if n != MODEL_SETTING and not _one_per_model(table, n)]
     groups: dict[str, dict[str, tuple[float, float]]] = {}
     for _, row in table.iterrows():
         model = _present_values(row, [MODEL_SETTING]).get(MODEL_SETTING)
@@ -454,6 +454,17 @@ def models_series(table: pd.DataFrame, swept: Sequence[str], metric: str = "targ
         bar = _label(row, _present_values(row, others), several)
         groups.setdefault(str(model), {})[bar] = (float(row[f"{metric}_mean"]), float(row[f"{metric}_std"]))
     return {m: groups[m] for m in sorted(groups, key=_natural_key)}
+
+
+def _one_per_model(table: pd.DataFrame, name: str) -> bool:
+    """Whether a swept setting takes one value per model (zipped with model.id, e.g. a learning rate per
+    size): then it does not split a model's bars."""
+    seen: dict[str, set] = {}
+    for _, row in table.iterrows():
+        values = _present_values(row, [MODEL_SETTING, name])
+        if MODEL_SETTING in values and name in values:
+            seen.setdefault(str(values[MODEL_SETTING]), set()).add(values[name])
+    return all(len(v) <= 1 for v in seen.values())
 
 
 def models_chart(table: pd.DataFrame, paths: Sequence[Path], *, swept: Sequence[str], benchmarks: Sequence[str],
