@@ -26,6 +26,10 @@ DIFFERS_FLAG = "avg_printed_differs"
 #: Numbers are printed to two decimals: a printed average within half a unit of the last digit of the
 #: mean of its cells is that mean (the epsilon absorbs binary floating point).
 ROUNDING_TOLERANCE = 0.005 + 1e-9
+#: A table of other numbers than accuracies names them (the paper's Table 4: `metrics: [hours, memory_gb]`).
+METRICS_KEY = "metrics"
+#: An accuracy table may name the cost table of the same setting (shown in table.md's "Training cost").
+COST_KEY = "cost"
 
 
 def load_published(name: str | None, path: Path = PUBLISHED_FILE) -> dict[str, Any] | None:
@@ -77,6 +81,16 @@ def check_published_table(name: str, table: Any, path: Path = PUBLISHED_FILE) ->
         raise ValueError(f"{where}: expected a mapping with source, protocol and rows")
     if not isinstance(table.get("source"), str) or not table["source"].strip():
         raise ValueError(f"{where}.source: missing; every published number names where it was printed")
+    if METRICS_KEY in table:
+        _check_metrics_table(table, where)
+        return
+    if table.get(COST_KEY) is not None:
+        cost = table[COST_KEY]
+        tables = read_published_file(path)
+        if not isinstance(cost, str) or cost not in tables or METRICS_KEY not in (tables[cost] or {}):
+            raise ValueError(f"{where}.{COST_KEY}: expected the name of a cost table (one with `{METRICS_KEY}`) "
+                             f"in {path}, got {cost!r}")
+        check_published_table(cost, tables[cost], path)
     known = available_benchmarks()
     average_of = table.get("average_of")
     if average_of is not None:
@@ -94,6 +108,42 @@ def check_published_table(name: str, table: Any, path: Path = PUBLISHED_FILE) ->
         key = (str(row["train_set"]), str(row["mode"]))
         if key in seen:
             raise ValueError(f"{at}: a second row for train_set {key[0]!r}, mode {key[1]!r}")
+        seen.add(key)
+
+
+def _check_metrics_table(table: Mapping[str, Any], where: str) -> None:
+    """A table of other numbers than accuracies (`metrics: [hours, memory_gb]`: the paper's Table 4): rows
+    keyed by train_set, mode and optionally method (full or lora), each metric a number >= 0."""
+    metrics = table[METRICS_KEY]
+    if not isinstance(metrics, list) or not metrics or len(set(metrics)) != len(metrics) or not all(
+            isinstance(m, str) and m for m in metrics):
+        raise ValueError(f"{where}.{METRICS_KEY}: expected a list of distinct metric names, got {metrics!r}")
+    if "average_of" in table:
+        raise ValueError(f"{where}.average_of: a table of `{METRICS_KEY}` has no average")
+    rows = table.get("rows")
+    if not isinstance(rows, list) or not rows:
+        raise ValueError(f"{where}.rows: expected a non-empty list of rows")
+    seen: set[tuple[str, str, Any]] = set()
+    for index, row in enumerate(rows):
+        at = f"{where}.rows[{index}]"
+        if not isinstance(row, Mapping):
+            raise ValueError(f"{at}: expected a mapping with train_set, mode and numbers, got {row!r}")
+        for field in ROW_KEYS:
+            if not isinstance(row.get(field), str) or not row[field]:
+                raise ValueError(f"{at}.{field}: missing (every row names its train_set and mode)")
+        if row.get("method", "full") not in ("full", "lora"):
+            raise ValueError(f"{at}.method: expected full or lora, got {row['method']!r}")
+        for key, value in row.items():
+            if key in (*ROW_KEYS, "method"):
+                continue
+            if key not in metrics:
+                hint = did_you_mean(str(key), metrics)
+                raise ValueError(f"{at}.{key}: not one of the table's metrics{hint}: {', '.join(metrics)}")
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not value >= 0:
+                raise ValueError(f"{at}.{key}: expected a number >= 0, got {value!r}")
+        key = (str(row["train_set"]), str(row["mode"]), row.get("method"))
+        if key in seen:
+            raise ValueError(f"{at}: a second row for train_set {key[0]!r}, mode {key[1]!r}, method {key[2]!r}")
         seen.add(key)
 
 

@@ -334,6 +334,9 @@ def aggregate(eval_rows: Sequence[Mapping[str, Any]], eval_dirs: Mapping[str, Pa
     _write_atomic(out_dir / "table.csv", _swept_as_text(table, swept).to_csv(index=False, float_format="%.4f"))
     markdown = markdown_table(table, benchmarks, title=title, labels=labels, published=published, target=target,
                               grading=grading_notes(eval_rows, scores), swept=swept)
+    from asft.eval.cost_table import write_cost  # cost.csv and the "Training cost" section (docs/cost.md)
+
+    markdown += write_cost(out_dir, train_rows, train_dirs, swept=swept, mode_order=mode_order, published=published)
     _write_atomic(out_dir / "table.md", markdown)
     _write_atomic(out_dir / "table.html", html_page(markdown))
     _write_atomic(out_dir / "table.tex", latex_table(main, benchmarks, swept))

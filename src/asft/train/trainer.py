@@ -423,6 +423,9 @@ def _train(settings: TrainSettings, runtime: TrainRuntime, *, model_dir: Path, d
     from datasets import load_from_disk
     from transformers import AutoTokenizer, TrainingArguments, set_seed
 
+    from asft.eval.cost_table import measured_cost, reset_peak_memory
+
+    reset_peak_memory()  # peak_gpu_memory_gb is this run's (models, optimizer, activations): docs/cost.md
     torch.set_num_threads(threads)
     seed = settings.seed
     set_seed(seed)
@@ -509,6 +512,7 @@ def _train(settings: TrainSettings, runtime: TrainRuntime, *, model_dir: Path, d
             shutil.rmtree(checkpoint_dir / TENSORBOARD_DIR, ignore_errors=True)
         _tensorboard_into(trainer, checkpoint_dir / TENSORBOARD_DIR, int(resume.name.split("-")[-1]) if resume else 0)
     result = trainer.train(resume_from_checkpoint=str(resume) if resume else None)
+    cost = measured_cost()  # before saving (a ZeRO-3 save gathers); every rank takes part, rank 0 reports
 
     final = out_dir / "model"
     trainer.save_model(str(final))  # every rank takes part (ZeRO-3 gathers); rank 0 writes
@@ -534,6 +538,7 @@ def _train(settings: TrainSettings, runtime: TrainRuntime, *, model_dir: Path, d
         "final_loss": losses[-1] if losses else None,
         "gradient_accumulation": accumulation,
         "loss_implementation": implementation,
+        **cost,  # peak_gpu_memory_gb (GPU only), peak_rss_gb, device, num_devices
     }
 
 

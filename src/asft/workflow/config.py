@@ -477,7 +477,9 @@ class Config(_Strict):
                     f"table.published: no table '{self.table.published}' in config/published.yaml; "
                     f"known: {', '.join(sorted(known))}"
                 )
-            load_published(self.table.published)  # a broken published table stops here, not after the run
+            if "metrics" in load_published(self.table.published):  # a broken one stops here, not after the run
+                raise ValueError(f"table.published: '{self.table.published}' is a cost table (metrics, not accuracies); "
+                                 "an accuracy table names it with `cost:` (config/published.yaml)")
         for mode, hparams in self.loss.hparams.items():
             if mode not in self.modes:
                 continue
