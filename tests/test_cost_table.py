@@ -80,7 +80,7 @@ def test_cost_table_means_over_seeds_ratios_and_published(tmp_path):
     markdown = cost_markdown(table, published=published)
     assert "## Training cost" in markdown and "peak GPU memory GB" in markdown and "NVIDIA H100" in markdown
     assert "| 2 (1 resumed) |" in markdown and "0.648" in markdown and "Table 4" in markdown
-    assert "iw-sft (full) on" in markdown and "asft (lora) on" in markdown  # published rows not run here
+    assert "grpo (full) on" in markdown and "asft (lora) on" in markdown  # published rows not run here
 
 
 def test_cost_csv_and_rss_on_cpu_through_paper_medicals_cost_field(tmp_path):
@@ -127,11 +127,11 @@ def test_a_cost_table_is_not_an_accuracy_table():
 
 def test_the_table_4_preset_parses_and_plans():
     cfg = load_config(CONFIG / "paper_table4_cost.yaml")
-    assert cfg.name == "paper_table4_cost" and cfg.modes == ["sft", "dft", "asft"]
+    assert cfg.name == "paper_table4_cost" and cfg.modes == ["sft", "dft", "iw-sft", "asft"]
     assert cfg.table.published == "paper_medical"
     plan = build_plan(cfg)
     counts = {stage: len(nodes) for stage, nodes in plan.nodes.items()}
-    # 3 modes x (full, LoRA r 8); the LoRA runs are merged; 7 evaluated models (base + 6) x 3 benchmarks
-    assert counts["train"] == 6 and counts["merge"] == 3 and counts["generate"] == 21 and counts["model"] == 1
+    # 4 modes x (full, LoRA r 8); the LoRA runs are merged; 9 evaluated models (base + 8) x 3 benchmarks
+    assert counts["train"] == 8 and counts["merge"] == 4 and counts["generate"] == 27 and counts["model"] == 1
     methods = {(r["mode"], r["train.method"], r["train.lr"]) for r in plan.train_rows()}
     assert ("asft", "lora", 5e-4) in methods and ("asft", "full", 2e-5) in methods
