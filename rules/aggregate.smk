@@ -32,6 +32,7 @@ rule aggregate:
         config=report(
             f"results/tables/{TABLE_KEY}/config.yaml", caption="../report/config.rst", category="Configuration"
         ),
+        cost=report(f"results/tables/{TABLE_KEY}/cost.csv", caption="../report/cost.rst", category="Results"),
         plan=f"results/tables/{TABLE_KEY}/plan.json",
     log:
         "logs/aggregate.log",

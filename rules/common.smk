@@ -90,6 +90,7 @@ PUBLISHED = [
     "sweep.png",
     "dynamics.png",
     "models.png",
+    "cost.csv",
 ]
 
 

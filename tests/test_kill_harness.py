@@ -73,7 +73,7 @@ FOLDERS = {"model": "model", "data": "data", "tokenize": "tokenize", "train": "t
            "generate": "generate", "score": "score", "aggregate": "tables"}
 ORDER = ["data", "model", "tokenize", "train", "merge", "generate", "score", "aggregate", "publish"]
 PUBLISHED = ["table.csv", "table.md", "table.html", "table.tex", "runs.csv", "table.png", "curves.png",
-             "sweep.png", "dynamics.png", "models.png"]
+             "sweep.png", "dynamics.png", "models.png", "cost.csv"]
 # The full matrix: marked slow and kill_matrix, and skipped unless ASFT_KILL_MATRIX=1.
 OPT_IN = [pytest.mark.slow, pytest.mark.kill_matrix,
           pytest.mark.skipif(os.environ.get("ASFT_KILL_MATRIX") != "1",
