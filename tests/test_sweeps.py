@@ -239,9 +239,14 @@ def test_figure_4_preset_shares_every_run_its_weight_does_not_enter():
                                                           key=str)
 
 
-@pytest.mark.parametrize(("preset", "train", "generate"), [("paper_fig2_kl_direction", 12, 39),
-                                                           ("paper_fig4_anchor", 14, 45)])
-def test_sweep_presets_dry_run_offline(tmp_path, preset, train, generate):
+@pytest.mark.parametrize(("preset", "train", "generate", "models"), [("paper_fig2_kl_direction", 12, 39, 1),
+                                                                     ("paper_fig4_anchor", 14, 45, 1),
+                                                                     ("paper_fig1_dynamics", 4, 15, 1),
+                                                                     ("paper_fig3_model_size", 6, 24, 2),
+                                                                     ("paper_fig5_lr", 6, 21, 1),
+                                                                     ("paper_fig5_batch", 4, 15, 1)])
+def test_sweep_presets_dry_run_offline(tmp_path, preset, train, generate, models):
+    """Every figure's preset plans offline; a sweep shares the base model and its tokenisation (one per model)."""
     result = subprocess.run(
         [sys.executable, "-m", "snakemake", "-s", str(ROOT / "Snakefile"), "--directory", str(tmp_path), "-n",
          "results/table.csv", "--configfile", str(CONFIG / f"{preset}.yaml")],
@@ -250,7 +255,8 @@ def test_sweep_presets_dry_run_offline(tmp_path, preset, train, generate):
     assert result.returncode == 0, result.stderr[-3000:]
     counts = {line.split()[0]: int(line.split()[1]) for line in result.stdout.splitlines()
               if len(line.split()) == 2 and line.split()[1].isdigit()}
-    assert (counts["train"], counts["generate"], counts["score"], counts["tokenize"]) == (train, generate, generate, 1)
+    assert (counts["train"], counts["generate"], counts["score"]) == (train, generate, generate)
+    assert counts["tokenize"] == counts["download_model"] == models
 
 
 def test_asft_plan_prints_the_sweep(tmp_path):

@@ -65,7 +65,8 @@ from asft.workflow.stages import STAGE_NAMES
 #: The artifact stages, in pipeline order (the folders under results/), from the stage table.
 STAGE_ORDER = STAGE_NAMES
 #: What the aggregate writes (results/tables/<key>/ and fixed-name copies in results/).
-AGGREGATE_FILES = ("table.csv", "table.md", "table.tex", "runs.csv", "table.png", "config.yaml")
+AGGREGATE_FILES = ("table.csv", "table.md", "table.html", "table.tex", "runs.csv", "table.png", "curves.png", "sweep.png",
+                   "dynamics.png", "models.png", "cost.csv", "config.yaml")
 TABLES = "tables"
 
 #: Severities: problems make `verify` exit 1; notes are informational.
