@@ -42,6 +42,17 @@ def _pyplot():
     return plt
 
 
+def _finish(fig, title: str, note: str, paths: Sequence[Path]) -> None:
+    """Title, the footnote that says what the marks and error bars are, layout, save, close."""
+    import matplotlib.pyplot as plt
+
+    fig.suptitle(title, fontsize=11)
+    fig.text(0.5, 0.01, note, ha="center", fontsize=8)
+    fig.tight_layout(rect=(0, 0.04, 1, 0.95))
+    _save(fig, paths)
+    plt.close(fig)
+
+
 def _save(fig, paths: Sequence[Path]) -> None:
     """Each path written as `<name>.tmp` then renamed (the format from the suffix)."""
     for path in paths:
@@ -94,13 +105,8 @@ def comparison_chart(table: pd.DataFrame, paths: Sequence[Path], *, target_names
         axis.set_xticks(x, ticks, fontsize=8)
         axis.set_title(f"{name}\n{made_of}", fontsize=9)
         axis.grid(axis="y", alpha=0.3, zorder=0)
-    fig.suptitle(title, fontsize=11)
-    fig.text(0.5, 0.01, "Bars: mean over seeds (n under each bar). Error bars: ±1 sample std over seeds "
-             "(none where n=1). Drift: mean per-token KL(base ‖ model), lower is closer to the base.",
-             ha="center", fontsize=8)
-    fig.tight_layout(rect=(0, 0.04, 1, 0.95))
-    _save(fig, paths)
-    plt.close(fig)
+    _finish(fig, title, "Bars: mean over seeds (n under each bar). Error bars: ±1 sample std over seeds "
+             "(none where n=1). Drift: mean per-token KL(base ‖ model), lower is closer to the base.", paths)
 
 
 def read_training_run(folder: Path) -> tuple[list[dict[str, Any]], bool | None]:
@@ -176,12 +182,8 @@ def curves_chart(runs: Sequence[Mapping[str, Any]], paths: Sequence[Path], *, mo
             axis.legend(fontsize=7)
         else:
             axis.text(0.5, 0.5, "no logged steps", ha="center", va="center", transform=axis.transAxes)
-    fig.suptitle(title, fontsize=11)
-    fig.text(0.5, 0.01, "Bold: mean over seeds at each logged step; thin: single seeds. DFT and ASFT weight each "
-             "token's CE by its detached probability, so their loss is smaller than CE.", ha="center", fontsize=8)
-    fig.tight_layout(rect=(0, 0.04, 1, 0.95))
-    _save(fig, paths)
-    plt.close(fig)
+    _finish(fig, title, "Bold: mean over seeds at each logged step; thin: single seeds. DFT and ASFT weight each "
+             "token's CE by its detached probability, so their loss is smaller than CE.", paths)
 
 
 def _uses_kl(run: Mapping[str, Any]) -> bool:
@@ -342,13 +344,8 @@ def sweep_chart(table: pd.DataFrame, paths: Sequence[Path], *, swept: Sequence[s
         axis.set_title(name, fontsize=9)
         axis.grid(alpha=0.3)
         axis.legend(fontsize=7)
-    fig.suptitle(title, fontsize=11)
-    fig.text(0.5, 0.01, "Lines: mean over seeds at each swept value; error bars: ±1 sample std over seeds (none "
-             "for one seed). Dashed: runs that do not depend on the swept setting (legend: ± their std).",
-             ha="center", fontsize=8)
-    fig.tight_layout(rect=(0, 0.04, 1, 0.95))
-    _save(fig, paths)
-    plt.close(fig)
+    _finish(fig, title, "Lines: mean over seeds at each swept value; error bars: ±1 sample std over seeds (none "
+             "for one seed). Dashed: runs that do not depend on the swept setting (legend: ± their std).", paths)
 
 
 def read_eval_points(folder: Path | None) -> list[dict[str, Any]]:
@@ -429,13 +426,8 @@ def dynamics_chart(runs: Sequence[Mapping[str, Any]], paths: Sequence[Path], *, 
         axis.xaxis.set_major_locator(MaxNLocator(integer=True))
         axis.grid(alpha=0.3)
         axis.legend(fontsize=7)
-    fig.suptitle(title, fontsize=11)
-    fig.text(0.5, 0.01, "Lines: mean over seeds at each evaluation point (train.eval_every); bands: the lowest to "
-             "the highest seed. Measured during training on each benchmark's first train.eval_limit problems.",
-             ha="center", fontsize=8)
-    fig.tight_layout(rect=(0, 0.04, 1, 0.95))
-    _save(fig, paths)
-    plt.close(fig)
+    _finish(fig, title, "Lines: mean over seeds at each evaluation point (train.eval_every); bands: the lowest to "
+             "the highest seed. Measured during training on each benchmark's first train.eval_limit problems.", paths)
 
 
 def models_series(table: pd.DataFrame, swept: Sequence[str], metric: str = "target"
@@ -494,12 +486,8 @@ def models_chart(table: pd.DataFrame, paths: Sequence[Path], *, swept: Sequence[
         axis.set_title(name, fontsize=9)
         axis.grid(axis="y", alpha=0.3, zorder=0)
         axis.legend(fontsize=7)
-    fig.suptitle(title, fontsize=11)
-    fig.text(0.5, 0.01, "Bars: mean over seeds per model (model.id) and mode; error bars: ±1 sample std over "
-             "seeds (none for one seed).", ha="center", fontsize=8)
-    fig.tight_layout(rect=(0, 0.04, 1, 0.95))
-    _save(fig, paths)
-    plt.close(fig)
+    _finish(fig, title, "Bars: mean over seeds per model (model.id) and mode; error bars: ±1 sample std over "
+             "seeds (none for one seed).", paths)
 
 
 def placeholder_chart(paths: Sequence[Path], message: str, title: str = "") -> None:

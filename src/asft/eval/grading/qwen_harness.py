@@ -661,42 +661,42 @@ def _parse(s: str):
     """grader.py ``symbolic_equal._parse``, without ``parse_expr``: the first of
     ``parse_latex(s.replace('\\\\\\\\', '\\\\'))``, ``parse_latex(s)``, ``latex2sympy(...)`` that
     succeeds, emulated with latex2sympy2_extended; the string itself when none does."""
-    import sympy
-    from latex2sympy2_extended.latex2sympy2 import ConversionConfig, latex2sympy
-
-    cfg = ConversionConfig(interpret_as_mixed_fractions=False, interpret_simple_eq_as_assignment=False,
-                           interpret_contains_as_eq=False, lowercase_symbols=False)
     if not s.isascii():
         return s  # neither parse_latex, parse_expr nor the bundled latex2sympy reads "−5" or "π"
-    # values that parse_latex and the bundled latex2sympy do not produce (intervals, sets, tuples)
-    unlike = (sympy.Set, sympy.Tuple)
     variants = [s.replace("\\\\", "\\"), s]
     for t in variants:  # parse_latex
         if "\\begin" in t:
             continue  # sympy's parse_latex has no matrices
         t = _top_level_prefix(t)
-        if not t.strip():
-            continue
-        try:
-            v = latex2sympy(_MIXED.sub(r"\1\\cdot \3", t), normalization_config=None,
-                            conversion_config=cfg)
-        except Exception:
-            continue
-        if isinstance(v, (sympy.Basic, sympy.MatrixBase)) and not isinstance(v, unlike):
+        v = _latex_value(t) if t.strip() else None
+        if v is not None:
             return _evaluated(_as_symbols(v))
     for t in variants:  # parse_expr, only for literals of numbers (it evaluates any other text)
         lit = _number_literal(t)
         if lit is not None:
             return lit
     for t in variants:  # the bundled latex2sympy
-        try:
-            v = latex2sympy(_MIXED.sub(r"\1\\cdot \3", t), normalization_config=None,
-                            conversion_config=cfg)
-        except Exception:
-            continue
-        if isinstance(v, (sympy.Basic, sympy.MatrixBase)) and not isinstance(v, unlike):
+        v = _latex_value(t)
+        if v is not None:
             return _evaluated(v)
     return s
+
+
+def _latex_value(t: str):
+    """latex2sympy2_extended's value of `t` read as the harness's parsers read it (a mixed number is a
+    product), or None when it fails or gives what they do not produce (intervals, sets, tuples)."""
+    import sympy
+    from latex2sympy2_extended.latex2sympy2 import ConversionConfig, latex2sympy
+
+    cfg = ConversionConfig(interpret_as_mixed_fractions=False, interpret_simple_eq_as_assignment=False,
+                           interpret_contains_as_eq=False, lowercase_symbols=False)
+    try:
+        v = latex2sympy(_MIXED.sub(r"\1\\cdot \3", t), normalization_config=None, conversion_config=cfg)
+    except Exception:
+        return None
+    if isinstance(v, (sympy.Basic, sympy.MatrixBase)) and not isinstance(v, (sympy.Set, sympy.Tuple)):
+        return v
+    return None
 
 
 class _Timeout(BaseException):
