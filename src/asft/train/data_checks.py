@@ -399,7 +399,6 @@ def _check_json_list(path: Path, spec: RowSpec, large: bool) -> None:
 
 
 def _check_parquet(path: Path, spec: RowSpec, head: int | None) -> None:
-    import pyarrow as pa
     import pyarrow.compute as pc
 
     parquet = open_parquet(path)
@@ -413,22 +412,40 @@ def _check_parquet(path: Path, spec: RowSpec, head: int | None) -> None:
             raise DataFileError(f"{path}: no column '{column}' ({setting}); the file has columns "
                                 f"{', '.join(map(repr, schema.names)) or 'none'}; set {setting} to the right one"
                                 f"{_format_hint(_first_row(parquet), spec)}")
-        arrow_type = schema.field(column).type
-        if not _is_text_type(arrow_type) and not pa.types.is_null(arrow_type):
-            raise DataFileError(f"{path}: column '{column}' holds {arrow_type}, not text")
+        _require_text_type(path, schema, column, f"column '{column}'")
     for column, setting in spec.optional_text.items():  # may be absent or null; text where present
         if column in schema.names:
-            arrow_type = schema.field(column).type
-            if not _is_text_type(arrow_type) and not pa.types.is_null(arrow_type):
-                raise DataFileError(f"{path}: column '{column}' ({setting}) holds {arrow_type}, not text")
+            _require_text_type(path, schema, column, f"column '{column}' ({setting})")
+
+    def no_nulls(batch: Any, before: int) -> None:
+        for column in columns:
+            values = batch.column(column)
+            if values.null_count:
+                first = pc.index(values.is_null(), True).as_py()
+                raise DataFileError(f"{row_at(path, before + first)}: column '{column}' is null, not text")
+
+    _scan_parquet(parquet, path, list(columns), 4096, head, no_nulls)
+
+
+def _require_text_type(path: Path, schema: Any, column: str, what: str) -> None:
+    """A parquet column holds text (or only nulls); else a DataFileError naming it."""
+    import pyarrow as pa
+
+    arrow_type = schema.field(column).type
+    if not _is_text_type(arrow_type) and not pa.types.is_null(arrow_type):
+        raise DataFileError(f"{path}: {what} holds {arrow_type}, not text")
+
+
+def _scan_parquet(parquet: Any, path: Path, columns: list[str], batch_size: int, head: int | None,
+                  check_batch: Any) -> None:
+    """`check_batch(batch, rows before it)` on each batch of `columns`, up to `head` rows; a read error
+    names the file as unreadable, and a file without rows is an empty file."""
+    import pyarrow as pa
+
     rows = 0
     try:
-        for batch in parquet.iter_batches(batch_size=4096, columns=list(columns)):
-            for column in columns:
-                values = batch.column(column)
-                if values.null_count:
-                    first = pc.index(values.is_null(), True).as_py()
-                    raise DataFileError(f"{row_at(path, rows + first)}: column '{column}' is null, not text")
+        for batch in parquet.iter_batches(batch_size=batch_size, columns=columns):
+            check_batch(batch, rows)
             rows += batch.num_rows
             if head is not None and rows >= head:
                 break
@@ -451,21 +468,13 @@ def _first_row(parquet: Any) -> dict[str, Any]:
 
 def _check_parquet_conversations(parquet: Any, path: Path, spec: RowSpec, head: int | None) -> None:
     """A conversation column of a parquet file: present, and each row's turns as the data job needs them."""
-    import pyarrow as pa
-
     column, setting, _ = spec.conversation
     names = parquet.schema_arrow.names
     if column not in names:
         raise DataFileError(f"{path}: {row_problem(_first_row(parquet) or dict.fromkeys(names), spec)}")
-    rows = 0
-    try:
-        for batch in parquet.iter_batches(batch_size=1024, columns=[column]):
-            for offset, row in enumerate(batch.to_pylist()):
-                check_row(row, spec, row_at(path, rows + offset))
-            rows += batch.num_rows
-            if head is not None and rows >= head:
-                break
-    except (pa.ArrowException, OSError) as error:
-        raise DataFileError(f"{path}: not a readable parquet file ({error})") from None
-    if rows == 0:
-        raise empty_file(path)
+
+    def turns_as_needed(batch: Any, before: int) -> None:
+        for offset, row in enumerate(batch.to_pylist()):
+            check_row(row, spec, row_at(path, before + offset))
+
+    _scan_parquet(parquet, path, [column], 1024, head, turns_as_needed)
