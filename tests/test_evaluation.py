@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import math
 from pathlib import Path
 
@@ -13,6 +12,7 @@ import torch
 from asft.eval.score import score
 from asft.eval.generation import Sampling, cut_at_stop, generate_hf
 from asft.eval.table import aggregate
+from tests.fake_results import score_folder
 
 
 def test_hf_generation_batched_equals_unbatched(tiny_base):
@@ -72,13 +72,6 @@ def test_score_avg_pass1_passk():
         score([])
 
 
-def _fake_eval(root: Path, key: str, accuracy: float, drift: float | None) -> Path:
-    folder = root / key
-    folder.mkdir()
-    (folder / "scores.json").write_text(json.dumps({"accuracy": accuracy, "drift": drift}))
-    return folder
-
-
 def test_aggregate_means_and_sample_stds(tmp_path):
     rows, dirs = [], {}
     values = {  # (mode, seed) -> (target acc, retention acc a, retention acc b, drift)
@@ -91,7 +84,7 @@ def test_aggregate_means_and_sample_stds(tmp_path):
     for (mode, seed), (t, a, b, d) in values.items():
         for bench, acc in (("embedded_mul", t), ("embedded_add", a), ("embedded_sub", b)):
             key = f"{mode}-{seed}-{bench}"
-            dirs[key] = _fake_eval(tmp_path, key, acc, d if bench == "embedded_mul" else 0.0)
+            dirs[key] = score_folder(tmp_path, key, acc, d if bench == "embedded_mul" else 0.0)
             rows.append({"train_set": "-" if mode == "base" else "mul", "mode": mode, "seed": seed,
                          "benchmark": bench, "grading": "strict", "score_key": key})
     out = tmp_path / "out"

@@ -3,7 +3,6 @@ the table's swept columns, and the paper's sweep presets (Figures 2 and 4)."""
 
 from __future__ import annotations
 
-import json
 import subprocess
 import sys
 from pathlib import Path
@@ -14,6 +13,7 @@ import pytest
 from asft.workflow.config import ConfigError, layered_raw, load_config, parse_config
 from asft.workflow.plan import build_plan
 from asft.workflow.sweeps import sweep_points
+from tests.fake_results import score_folder
 
 ROOT = Path(__file__).resolve().parents[1]
 CONFIG = ROOT / "config"
@@ -162,13 +162,6 @@ def test_a_bad_value_names_the_point_and_the_setting():
 # --- the table -----------------------------------------------------------------------------------------------
 
 
-def _fake_score(root: Path, key: str, accuracy: float, drift: float | None) -> Path:
-    folder = root / key
-    folder.mkdir()
-    (folder / "scores.json").write_text(json.dumps({"accuracy": accuracy, "drift": drift}))
-    return folder
-
-
 def test_the_aggregate_of_a_two_point_sweep_has_a_row_per_mode_and_point(tmp_path):
     from asft.eval.table import aggregate
 
@@ -178,7 +171,7 @@ def test_the_aggregate_of_a_two_point_sweep_has_a_row_per_mode_and_point(tmp_pat
         if row["score_key"] not in dirs:
             weight = row.get("loss.kl_weight") or 0.0
             accuracy = {"base": 40.0, "sft": 80.0, "asft": 70.0 + 100 * weight}[row["mode"]] + (row["seed"] or 0)
-            dirs[row["score_key"]] = _fake_score(tmp_path, row["score_key"], accuracy, 0.1)
+            dirs[row["score_key"]] = score_folder(tmp_path, row["score_key"], accuracy, 0.1)
     out = tmp_path / "out"
     table = aggregate(rows, dirs, out, benchmarks=["embedded_mul", "embedded_add", "embedded_sub"],
                       target=["embedded_mul"], retention=["embedded_add", "embedded_sub"],
