@@ -322,14 +322,16 @@ def _add_point(plan: Plan, cfg: Config, swept: dict[str, Any]) -> None:
             parents = {"model": evaluated}
             if cfg.eval.drift and evaluated is not model:
                 parents["base"] = model
-            labels = {**labels, "benchmark": benchmark, **swept}
-            samples = plan.add(_node("generate", settings, parents, labels, generate_runtime))
-            judged: dict[str, list[str]] = {}  # score key -> the policies it stands for
+            eval_labels = {**labels, "benchmark": benchmark, **swept}
+            samples = plan.add(_node("generate", settings, parents, eval_labels, generate_runtime))
+            # one score node per distinct scoring (multiple choice: one for every policy), labelled with
+            # the policies it stands for
+            judged: dict[str, tuple[ScoreSettings, list[str]]] = {}
             for policy in policies:
-                scored = plan.add(_node("score", score_settings(settings, policy), {"samples": samples}, labels))
-                judged.setdefault(scored.key, []).append(policy)
-            for key, names in judged.items():
-                plan.add(dataclasses.replace(plan.node("score", key), labels={**labels, "policies": names}))
+                scoring = score_settings(settings, policy)
+                judged.setdefault(canonical_json(scoring.key_payload()), (scoring, []))[1].append(policy)
+            for scoring, names in judged.values():
+                plan.add(_node("score", scoring, {"samples": samples}, {**eval_labels, "policies": names}))
 
     if cfg.evaluate_base:
         add_evals(model, {"train_set": "-", "mode": BASE_LABEL, "seed": None})
