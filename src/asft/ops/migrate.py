@@ -14,7 +14,6 @@ columns go (the score stage writes them), and `generation.json` is built from th
 
 from __future__ import annotations
 
-import hashlib
 import json
 from collections.abc import Iterator
 from pathlib import Path
@@ -23,7 +22,7 @@ from typing import Any
 from asft.eval.generate import GENERATION, SAMPLES
 from asft.workflow.artifacts import MANIFEST, Node, file_hashes, writing_artifact
 from asft.workflow.integrity import parent_digests, read_manifest
-from asft.workflow.keys import KEY_LENGTH, canonical_json, stage_key
+from asft.workflow.keys import content_key, stage_key
 from asft.workflow.stages import get_stage
 
 OLD_STAGE = "eval"
@@ -36,9 +35,7 @@ GENERATION_FIELDS = ("benchmark", "benchmark_file", "scoring", "n_problems", "n_
 
 
 def _old_key(manifest: dict[str, Any]) -> str:
-    payload = {"stage": OLD_STAGE, "version": manifest.get("version", OLD_VERSION),
-               "settings": manifest["settings"], "parents": dict(manifest["parents"])}
-    return hashlib.sha256(canonical_json(payload).encode()).hexdigest()[:KEY_LENGTH]
+    return content_key(OLD_STAGE, manifest.get("version", OLD_VERSION), manifest["settings"], manifest["parents"])
 
 
 def _problem_of(rows: Iterator[dict[str, Any]]) -> Iterator[dict[str, Any]]:

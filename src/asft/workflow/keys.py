@@ -46,10 +46,10 @@ def stage_key(stage: str, settings: Mapping[str, Any], parents: Mapping[str, str
     `asft verify` recomputes an artifact's key with the version it was made at)."""
     if stage not in STAGE_VERSIONS:
         raise ValueError(f"unknown stage '{stage}'; known: {', '.join(STAGE_VERSIONS)}")
-    payload = {
-        "stage": stage,
-        "version": STAGE_VERSIONS[stage] if version is None else version,
-        "settings": settings,
-        "parents": dict(parents or {}),
-    }
+    return content_key(stage, STAGE_VERSIONS[stage] if version is None else version, settings, parents)
+
+
+def content_key(stage: str, version: int, settings: Mapping[str, Any], parents: Mapping[str, str] | None) -> str:
+    """The hash itself, for any stage name (`asft migrate` recomputes keys of a stage that no longer exists)."""
+    payload = {"stage": stage, "version": version, "settings": settings, "parents": dict(parents or {})}
     return hashlib.sha256(canonical_json(payload).encode()).hexdigest()[:KEY_LENGTH]
