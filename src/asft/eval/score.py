@@ -80,10 +80,11 @@ def _rows(samples: Path) -> Iterator[dict[str, Any]]:
         for number, line in enumerate(handle, 1):
             try:
                 row = json.loads(line)
-                yield {"problem": int(row["problem"]), "sample": int(row["sample"]), **row}
+                row = {**row, "problem": int(row["problem"]), "sample": int(row["sample"])}
             except (ValueError, KeyError, TypeError) as error:
                 raise ValueError(f"{samples}, line {number}: not a sample row ({error}); the generation is "
                                  "damaged: run `asft verify --fix`, then the same snakemake command") from None
+            yield row
 
 
 def _by_problem(verdicts: Sequence[tuple[int, int, bool]]) -> list[list[bool]]:
