@@ -87,14 +87,32 @@ class PolicyRef(StageSettings):
     version: int
 
 
+class ExecuteSettings(StageSettings):
+    """Method `execute` (code benchmarks): which tests EvalPlus runs on each sample, under which limits."""
+
+    dataset: str  # the EvalPlus dataset (humaneval, mbpp) whose tests run
+    suite: Literal["base", "plus"] = "base"  # the original tests, or EvalPlus's extended ones
+
+
+class JudgeSettings(StageSettings):
+    """Method `judge` (AlpacaEval 2): the judge that compares each output with the reference outputs."""
+
+    annotator: str  # the alpaca-eval annotator config (e.g. weighted_alpaca_eval_gpt4_turbo)
+    model: str  # the judge model the endpoint serves
+
+
 class ScoreSettings(StageSettings):
     """How the samples of one generation are judged.
 
     `grade`: each completion's answer against the gold by `policy`; `choose_letter`: the option letter
-    from the recorded next-token log-probabilities (upstream medeval's rule), no grading policy.
+    from the recorded next-token log-probabilities (upstream medeval's rule), no grading policy;
+    `execute`: code samples run against the benchmark's tests (`execute`); `judge`: outputs compared with
+    reference outputs by a judge model (`judge`).
     """
 
-    method: Literal["grade", "choose_letter"] = "grade"
+    method: Literal["grade", "choose_letter", "execute", "judge"] = "grade"
     policy: PolicyRef | None = None
+    execute: ExecuteSettings | None = None  # method execute: code benchmarks, run by EvalPlus in the sandbox
+    judge: JudgeSettings | None = None  # method judge: AlpacaEval 2, a judge model's preferences
 
-    key_omits = {"policy": None}
+    key_omits = {"policy": None, "execute": None, "judge": None}

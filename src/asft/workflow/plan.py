@@ -201,8 +201,11 @@ def generate_settings(cfg: Config, benchmark: str) -> GenerateSettings:
     )
 
 
-def score_settings(generation: GenerateSettings, policy: str) -> ScoreSettings:
-    """How a generation is judged: by `policy`, or by the letter rule for multiple choice (no policy)."""
+def score_settings(generation: GenerateSettings, policy: str, *, benchmark: str | None = None,
+                   cfg: Config | None = None) -> ScoreSettings:
+    """How a generation of `benchmark` (default: the generation's own) is judged: by `policy`, by the letter
+    rule for multiple choice, by running its tests (code benchmarks) or by a judge model (AlpacaEval, which
+    reads the judge from `cfg`); only `grade` uses the policy."""
     from asft.eval.grading import policy_version  # the policy table only: no grader is imported
 
     if generation.scoring == "choice_logprobs":
@@ -328,7 +331,7 @@ def _add_point(plan: Plan, cfg: Config, swept: dict[str, Any]) -> None:
             # the policies it stands for
             judged: dict[str, tuple[ScoreSettings, list[str]]] = {}
             for policy in policies:
-                scoring = score_settings(settings, policy)
+                scoring = score_settings(settings, policy, benchmark=benchmark, cfg=cfg)
                 judged.setdefault(canonical_json(scoring.key_payload()), (scoring, []))[1].append(policy)
             for scoring, names in judged.values():
                 plan.add(_node("score", scoring, {"samples": samples}, {**eval_labels, "policies": names}))
