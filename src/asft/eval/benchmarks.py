@@ -80,6 +80,7 @@ class Benchmark:
     hub: HubSource | None = None
     multiple_choice: bool = False  # its problems carry `choices` (template choice, scoring choice_logprobs)
     spec_file: Path | None = None  # the YAML file that defines it (eval.include_path); None for asft's own
+    judged: bool = False  # its outputs are judged against reference outputs by a judge model (AlpacaEval)
 
     def settings(self) -> dict[str, Any]:
         """What enters an eval key: identity and version, not the loader code."""
@@ -345,6 +346,23 @@ for _bench in (
     _choice_benchmark("mmlu_medical", "MMLU-med", HubSource("cais/mmlu", "test", MMLU_MEDICAL), _mmlu),
 ):
     register(_bench)
+
+
+def _alpaca_eval() -> Benchmark:
+    """AlpacaEval 2: 805 open-ended instructions, judged against GPT-4 Turbo's outputs (asft.eval.judge).
+
+    The gold of a problem is its reference output (what the judge compares with); there is no answer to
+    extract, so no drift on a gold solution either."""
+    from asft.eval.judge import reference
+
+    def load(_: Mapping[str, Any]) -> list[Problem]:
+        return [Problem(ref.instruction, ref.output) for ref in reference.load_reference()]
+
+    return Benchmark(name=reference.BENCHMARK, display=reference.DISPLAY, version=1, load_rows=load,
+                     sha256=reference.REFERENCE_SHA256, path=reference.REFERENCE_FILE, judged=True)
+
+
+register(_alpaca_eval())
 
 
 @dataclass(frozen=True)

@@ -9,6 +9,9 @@ model on text it was not trained on). Nothing here judges an answer: that is the
 Scoring `choice_logprobs` (multiple choice, upstream eval/medeval/vllm_medical_test.py) generates
 one token: each row records the top next-token log-probabilities and the option letters, from which
 the score stage picks the answer (`asft.eval.score.choose_letter`).
+
+A judged benchmark (AlpacaEval) also gets `model_outputs.json`, the outputs in alpaca-eval's format
+(asft.eval.judge.outputs), named after the run (`generator`).
 """
 
 from __future__ import annotations
@@ -21,7 +24,7 @@ from typing import Any
 import torch
 
 from asft.core.job import StageJob
-from asft.eval.benchmarks import Problem, file_provenance, load_problems
+from asft.eval.benchmarks import Problem, file_provenance, get_benchmark, load_problems
 from asft.eval.drift import drift
 from asft.eval.generation import NextToken, Sampling, generate, next_token_top
 from asft.eval.settings import GenerateRuntime, GenerateSettings
@@ -96,7 +99,8 @@ def _next_tokens(settings: GenerateSettings, runtime: GenerateRuntime, problems:
 
 
 def run_generate(settings: GenerateSettings, runtime: GenerateRuntime, *, model_dir: Path, out_dir: Path,
-                 base_dir: Path | None = None, threads: int = 1, progress: bool = True) -> dict[str, Any]:
+                 base_dir: Path | None = None, threads: int = 1, progress: bool = True,
+                 generator: str = "model") -> dict[str, Any]:
     """Write samples.jsonl and generation.json into `out_dir`; returns what generation.json holds."""
     from transformers import AutoTokenizer
 
@@ -117,6 +121,10 @@ def run_generate(settings: GenerateSettings, runtime: GenerateRuntime, *, model_
                                               progress))
     else:
         raise ValueError(f"unknown eval scoring '{settings.scoring}'; known: generate, choice_logprobs")
+    if get_benchmark(bench).judged and settings.scoring == "generate":
+        from asft.eval.judge.outputs import write_model_outputs
+
+        generation["model_outputs"] = write_model_outputs(out_dir / SAMPLES, out_dir, generator)
     if settings.drift and base_dir is not None:
         generation["drift"] = drift(model_dir, base_dir, problems, template=settings.template)
     generation["wall_seconds"] = round(time.time() - started, 3)
@@ -126,6 +134,8 @@ def run_generate(settings: GenerateSettings, runtime: GenerateRuntime, *, model_
 
 def run_generate_stage(job: StageJob) -> dict[str, Any]:
     """The `generate` stage's runner (asft.workflow.stages): the model, and the base for drift."""
+    from asft.eval.judge.outputs import run_name
+
     base = job.weights("base") if "base" in job.parents else None
     return run_generate(job.settings, job.runtime, model_dir=job.weights("model"), out_dir=job.out, base_dir=base,
-                        threads=job.threads)
+                        threads=job.threads, generator=run_name(job.labels))

@@ -9,6 +9,8 @@ beside what generation.json recorded (counts, throughput, drift).
 Method `grade`: each completion against its gold by a named grading policy (asft.eval.grading).
 Method `choose_letter`: multiple choice, upstream medeval's letter rule over the recorded top
 next-token log-probabilities (`choose_letter`); no grading policy is involved.
+Method `judge` (AlpacaEval 2): the generation's outputs against reference outputs by a judge model
+(asft.eval.judge.score); accuracy is the length-controlled win rate.
 """
 
 from __future__ import annotations
@@ -23,7 +25,7 @@ from typing import Any
 
 from asft.core.job import StageJob
 from asft.eval.generate import GENERATION, SAMPLES
-from asft.eval.settings import ScoreSettings
+from asft.eval.settings import ScoreRuntime, ScoreSettings
 
 GRADED = "graded.jsonl"
 SCORES = "scores.json"
@@ -125,10 +127,27 @@ def _choose(rows: list[dict[str, Any]], handle: Any) -> tuple[list[tuple[int, in
     return out, {"predicted_from": sources}
 
 
-def run_score(settings: ScoreSettings, *, samples_dir: Path, out_dir: Path) -> dict[str, Any]:
+def _judge(settings: ScoreSettings, runtime: ScoreRuntime | None, samples_dir: Path, out_dir: Path) -> dict[str, Any]:
+    from asft.eval.judge.score import run_judge
+    from asft.eval.settings import JudgeRuntime
+
+    if settings.judge is None:
+        raise ValueError("score method 'judge' needs its judge settings")
+    judge_runtime = (runtime.judge if runtime is not None else None) or JudgeRuntime()
+    with open(out_dir / GRADED, "w", encoding="utf-8") as handle:
+        return run_judge(settings.judge, judge_runtime, samples_dir=samples_dir, graded=handle, log_dir=out_dir)
+
+
+def run_score(settings: ScoreSettings, *, samples_dir: Path, out_dir: Path,
+              runtime: ScoreRuntime | None = None) -> dict[str, Any]:
     """Write graded.jsonl and scores.json into `out_dir`; returns the scores."""
     started = time.time()
     generation = json.loads((samples_dir / GENERATION).read_text())
+    if settings.method == "judge":
+        scores = {**generation, **_judge(settings, runtime, samples_dir, out_dir),
+                  "scoring_seconds": round(time.time() - started, 3)}
+        (out_dir / SCORES).write_text(json.dumps(scores, indent=2) + "\n")
+        return scores
     rows = list(_rows(samples_dir / SAMPLES))
     with open(out_dir / GRADED, "w", encoding="utf-8") as handle:
         if settings.method == "choose_letter":
@@ -147,4 +166,4 @@ def run_score(settings: ScoreSettings, *, samples_dir: Path, out_dir: Path) -> d
 
 def run_score_stage(job: StageJob) -> dict[str, Any]:
     """The `score` stage's runner (asft.workflow.stages): the generation it judges."""
-    return run_score(job.settings, samples_dir=job.parents["samples"], out_dir=job.out)
+    return run_score(job.settings, samples_dir=job.parents["samples"], out_dir=job.out, runtime=job.runtime)

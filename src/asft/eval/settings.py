@@ -95,10 +95,39 @@ class ExecuteSettings(StageSettings):
 
 
 class JudgeSettings(StageSettings):
-    """Method `judge` (AlpacaEval 2): the judge that compares each output with the reference outputs."""
+    """Method `judge` (AlpacaEval 2): the judge that compares each output with the reference outputs.
+
+    Everything that can change a verdict: the annotator (its prompt and parser, as the installed
+    alpaca-eval ships them, by sha256, and that package's version, whose code parses the verdicts and
+    fits the length-controlled win rate), the judge model, and the reference outputs. Where the judge is
+    reached (endpoint, key, concurrency, retries) is `JudgeRuntime`, outside the key.
+    """
 
     annotator: str  # the alpaca-eval annotator config (e.g. weighted_alpaca_eval_gpt4_turbo)
     model: str  # the judge model the endpoint serves
+    annotator_sha256: str  # the annotator's configs.yaml and prompt template, as installed
+    package: str  # "alpaca-eval <version>": its code parses the judge's answers and computes the win rates
+    reference: str = "gpt4_1106_preview"  # the generator of the reference outputs
+    reference_sha256: str  # the shipped reference file (data/benchmarks/alpaca_eval/)
+
+
+class JudgeRuntime(Runtime):
+    """How the judge is reached: none of it changes a verdict, so none of it is in the key."""
+
+    base_url: str | None = None  # an OpenAI-compatible endpoint; None: the OpenAI API (or the local server)
+    api_key_env: str = "OPENAI_API_KEY"  # the environment variable that holds the key (its value is never stored)
+    serve: bool = False  # start a local vLLM OpenAI server of the judge model in the score job (GPU)
+    serve_tensor_parallel: int = Field(1, ge=1)
+    concurrency: int = Field(4, ge=1)  # requests in flight
+    max_retries: int = Field(6, ge=0)  # per request, on 429/5xx/timeouts (the OpenAI client's backoff)
+    timeout_s: float = Field(120.0, gt=0)  # per request
+    cache_dir: str = "results/judge_cache"  # judgements kept across runs, one folder per judge key
+
+
+class ScoreRuntime(Runtime):
+    judge: JudgeRuntime | None = None  # method judge only
+
+
 
 
 class ScoreSettings(StageSettings):

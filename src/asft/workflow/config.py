@@ -255,6 +255,55 @@ class TrainConfig(_Strict):
         return check_report_to(names)
 
 
+class JudgeConfig(_Strict):
+    """The judge of AlpacaEval (benchmark alpaca_eval): an alpaca-eval annotator on an OpenAI-compatible endpoint."""
+
+    annotator: str = Field(
+        "weighted_alpaca_eval_gpt4_turbo",
+        description="alpaca-eval annotator config (its prompt and answer parser, as the installed package ships them); "
+        "it must call openai_completions. In the key.",
+    )
+    model: str | None = Field(
+        None, description="The judge model the endpoint is asked for; null: the annotator's own (gpt-4-1106-preview "
+        "for weighted_alpaca_eval_gpt4_turbo), or `serve`'s model. In the key.",
+    )
+    serve: str | None = Field(
+        None, description="Start a local vLLM OpenAI server of this judge model (hub id or folder) in the score job "
+        "(GPU); the model enters the key. Excludes base_url.",
+    )
+    base_url: str | None = Field(
+        None, description="An OpenAI-compatible endpoint (e.g. http://host:8000/v1); null: the OpenAI API. Not in the key.",
+    )
+    api_key_env: str = Field(
+        "OPENAI_API_KEY", description="The environment variable holding the endpoint's key (never written anywhere); a "
+        "local endpoint without a key gets 'EMPTY'. Not in the key.",
+    )
+    concurrency: int = Field(4, ge=1, description="Requests in flight per score job. Not in the key.")
+    max_retries: int = Field(6, ge=0, description="Retries per request on 429, 5xx and timeouts. Not in the key.")
+    timeout_s: float = Field(120.0, gt=0, description="Seconds per request. Not in the key.")
+    serve_tensor_parallel: int = Field(1, ge=1, description="GPUs of the local judge server (serve). Not in the key.")
+    cache_dir: str = Field(
+        "results/judge_cache", description="Judgements kept across runs, one folder per judge key: a re-score asks "
+        "nothing twice. Not in the key.",
+    )
+
+    @field_validator("annotator")
+    @classmethod
+    def _known_annotator(cls, name: str) -> str:
+        from asft.eval.judge.annotator import annotator_config  # reads the package's config files, imports nothing
+
+        annotator_config(name)
+        return name
+
+    @model_validator(mode="after")
+    def _one_endpoint(self) -> JudgeConfig:
+        if self.serve and self.base_url:
+            raise ValueError("eval.judge: give serve (a local server of the judge) or base_url (an endpoint), not both")
+        if self.serve and self.model and self.model != self.serve:
+            raise ValueError(f"eval.judge.model: '{self.model}' differs from the served judge '{self.serve}'")
+        return self
+
+
 class EvalConfig(_Strict):
     protocol: Literal["custom", "paper", "paper_medical", "fork_cot_greedy"] = Field(
         "custom", description="paper | paper_medical | fork_cot_greedy: a named preset of scoring, template, "
@@ -303,6 +352,7 @@ class EvalConfig(_Strict):
     )
     batch_size: int = Field(256, ge=1, description="Prompts per generate call. Not in the key.")
     tensor_parallel: int = Field(1, ge=1, description="vLLM tensor parallel size. Not in the key.")
+    judge: JudgeConfig = Field(default_factory=JudgeConfig, description="The judge of judged benchmarks (alpaca_eval).")
 
     @field_validator("include_path")
     @classmethod

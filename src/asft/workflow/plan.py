@@ -30,8 +30,11 @@ from asft.eval.settings import (
     EvalContext,
     GenerateRuntime,
     GenerateSettings,
+    JudgeRuntime,
+    JudgeSettings,
     PolicyRef,
     ProtocolRef,
+    ScoreRuntime,
     ScoreSettings,
 )
 from asft.train.data import expected_sha256
@@ -208,9 +211,55 @@ def score_settings(generation: GenerateSettings, policy: str, *, benchmark: str 
     reads the judge from `cfg`); only `grade` uses the policy."""
     from asft.eval.grading import policy_version  # the policy table only: no grader is imported
 
+    if get_benchmark(benchmark or generation.benchmark.name).judged:
+        if cfg is None:
+            raise ValueError(f"benchmark '{benchmark or generation.benchmark.name}' is judged: its scoring needs the "
+                             "config's eval.judge")
+        return ScoreSettings(method="judge", judge=judge_settings(cfg))
     if generation.scoring == "choice_logprobs":
         return ScoreSettings(method="choose_letter")
     return ScoreSettings(method="grade", policy=PolicyRef(name=policy, version=policy_version(policy)))
+
+
+def judge_settings(cfg: Config) -> JudgeSettings:
+    """What decides a judge's verdicts (eval.judge): annotator and its files' sha256, judge model, package,
+    reference outputs. The endpoint and how it is called are the score runtime (`score_runtime`)."""
+    from asft.eval.judge.annotator import annotator_model, annotator_sha256, package_version
+    from asft.eval.judge.reference import REFERENCE_GENERATOR, REFERENCE_SHA256
+
+    judge = cfg.eval.judge
+    return JudgeSettings(annotator=judge.annotator, model=judge.serve or judge.model or annotator_model(judge.annotator),
+                         annotator_sha256=annotator_sha256(judge.annotator), package=package_version(),
+                         reference=REFERENCE_GENERATOR, reference_sha256=REFERENCE_SHA256)
+
+
+def score_runtime(cfg: Config) -> ScoreRuntime:
+    judge = cfg.eval.judge
+    return ScoreRuntime(judge=JudgeRuntime(
+        base_url=judge.base_url, api_key_env=judge.api_key_env, serve=judge.serve is not None,
+        serve_tensor_parallel=judge.serve_tensor_parallel, concurrency=judge.concurrency,
+        max_retries=judge.max_retries, timeout_s=judge.timeout_s, cache_dir=judge.cache_dir))
+
+
+def execute_settings(generation: GenerateSettings, code: CodeSuite) -> ExecuteSettings:
+    """A code benchmark's tests, run by EvalPlus on its generation's samples (asft.eval.code)."""
+    from asft.eval.code.prompts import CODE_TEMPLATES, continues_prompt
+
+    if generation.template not in CODE_TEMPLATES:
+        raise ValueError(f"eval.template: '{generation.template}' has no code form; the code benchmarks "
+                         f"({generation.benchmark.name}) take {', '.join(CODE_TEMPLATES)}")
+    return ExecuteSettings(dataset=code.dataset, suite=code.suite, prefix_prompt=continues_prompt(generation.template),
+                           local_file=generation.context.local_file, local_sha256=generation.context.local_sha256)
+
+
+def code_stop_strings(benchmark: str, template: str) -> list[str]:
+    """EvalPlus's stop strings of a code benchmark's generation (none for the others)."""
+    code = get_benchmark(benchmark).code
+    if code is None:
+        return []
+    from asft.eval.code.prompts import code_stop
+
+    return code_stop(code.dataset, template)
 
 
 @dataclass(frozen=True)
@@ -279,7 +328,9 @@ class Plan:
             return f"{'train' if stage == 'train' else 'merge the adapter of'} {run}"
         if stage == "generate":
             return f"generate {labels.get('benchmark')} with {run}"
-        how = ("by the chosen letter" if self.node(stage, key).settings.method == "choose_letter"
+        settings = self.node(stage, key).settings
+        how = ("by the chosen letter" if settings.method == "choose_letter"
+               else f"by the judge {settings.judge.model}" if settings.method == "judge"
                else f"with {', '.join(labels.get('policies', []))}")
         return f"score {labels.get('benchmark')} of {run} {how}"
 
@@ -334,7 +385,8 @@ def _add_point(plan: Plan, cfg: Config, swept: dict[str, Any]) -> None:
                 scoring = score_settings(settings, policy, benchmark=benchmark, cfg=cfg)
                 judged.setdefault(canonical_json(scoring.key_payload()), (scoring, []))[1].append(policy)
             for scoring, names in judged.values():
-                plan.add(_node("score", scoring, {"samples": samples}, {**eval_labels, "policies": names}))
+                runtime = score_runtime(cfg) if scoring.method == "judge" else ScoreRuntime()  # where a judge is reached
+                plan.add(_node("score", scoring, {"samples": samples}, {**eval_labels, "policies": names}, runtime))
 
     if cfg.evaluate_base:
         add_evals(model, {"train_set": "-", "mode": BASE_LABEL, "seed": None})

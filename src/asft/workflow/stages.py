@@ -23,7 +23,7 @@ from pydantic import TypeAdapter, ValidationError
 
 from asft.core.names import did_you_mean
 from asft.core.settings import Runtime
-from asft.eval.settings import GenerateRuntime, GenerateSettings, ScoreSettings
+from asft.eval.settings import GenerateRuntime, GenerateSettings, ScoreRuntime, ScoreSettings
 from asft.train.settings import (
     DataSettings,
     MergeSettings,
@@ -82,7 +82,7 @@ STAGES: tuple[Stage, ...] = (
     # generate + score were one `eval` stage until grading became its own step (re-scoring regenerates nothing)
     Stage("generate", "generate", 1, GenerateSettings, GenerateRuntime, "asft.eval.generate:run_generate_stage",
           "eval", ("manifest.json",), "one model's samples on one benchmark (completions, or next-token choices)"),
-    Stage("score", "score", 1, ScoreSettings, None, "asft.eval.score:run_score_stage", "score",
+    Stage("score", "score", 1, ScoreSettings, ScoreRuntime, "asft.eval.score:run_score_stage", "score",
           ("manifest.json",), "one generation's samples judged by a grading policy: accuracy, pass@1, pass@n"),
 )
 
