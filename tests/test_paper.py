@@ -151,7 +151,8 @@ def test_every_shipped_benchmark_matches_its_recorded_hash():
     from asft.eval.benchmarks import available_benchmarks, get_benchmark, load_problems
 
     shipped = [name for name in available_benchmarks() if get_benchmark(name).path is not None]
-    assert {"math_oai", "gsm8k", "minerva_math", "olympiadbench", "aime24", "amc23", "alpaca_eval"} <= set(shipped)
+    assert {"math_oai", "gsm8k", "minerva_math", "olympiadbench", "aime24", "amc23", "alpaca_eval",
+            "humaneval", "humaneval_plus", "mbpp", "mbpp_plus"} <= set(shipped)
     for name in shipped:
         assert load_problems(name), name
 

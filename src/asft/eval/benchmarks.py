@@ -70,6 +70,16 @@ class HubSource:
 
 
 @dataclass(frozen=True)
+class CodeSuite:
+    """A code benchmark's EvalPlus dataset, its test suite, and the benchmark whose generation it scores
+    (HumanEval and HumanEval+ share one generation: the same prompts, two sets of tests)."""
+
+    dataset: str  # humaneval, mbpp
+    suite: str  # base: the original tests; plus: the original and EvalPlus's extra tests
+    generation: str  # the benchmark whose samples it scores (itself for the base suite)
+
+
+@dataclass(frozen=True)
 class Benchmark:
     name: str
     display: str
@@ -80,6 +90,7 @@ class Benchmark:
     hub: HubSource | None = None
     multiple_choice: bool = False  # its problems carry `choices` (template choice, scoring choice_logprobs)
     spec_file: Path | None = None  # the YAML file that defines it (eval.include_path); None for asft's own
+    code: CodeSuite | None = None  # a code benchmark, scored by running its tests (asft.eval.code)
     judged: bool = False  # its outputs are judged against reference outputs by a judge model (AlpacaEval)
 
     def settings(self) -> dict[str, Any]:
@@ -396,6 +407,39 @@ def file_provenance(benchmark: str, sha256: str | None) -> str | None:
     if known.benchmark != benchmark:
         return f"{known.source} (given for '{benchmark}', but it is the '{known.benchmark}' file)"
     return known.source
+
+
+def _code_benchmark(name: str, display: str, suite: CodeSuite) -> Benchmark:
+    """HumanEval(+) / MBPP(+): a problem's question is EvalPlus's prompt, its gold the task id (the score stage
+    runs that task's tests), its solution the canonical one. The file is sha256-checked on every load."""
+    from asft.eval.code.data import checked_file, get_dataset
+
+    data = get_dataset(suite.dataset)
+
+    def load(context: Mapping[str, Any]) -> list[Problem]:
+        from asft.eval.code.data import read_tasks
+        from asft.eval.code.prompts import task_prompt
+
+        path = checked_file(suite.dataset, context.get("local_file"), context.get("local_sha256"))
+        return [Problem(task_prompt(task), task["task_id"], task["canonical_solution"]) for task in read_tasks(path)]
+
+    return Benchmark(name=name, display=display, version=1, load_rows=load, sha256=data.sha256, path=data.path,
+                     code=suite)
+
+
+for _bench in (
+    _code_benchmark("humaneval", "HumanEval", CodeSuite("humaneval", "base", "humaneval")),
+    _code_benchmark("humaneval_plus", "HumanEval+", CodeSuite("humaneval", "plus", "humaneval")),
+    _code_benchmark("mbpp", "MBPP", CodeSuite("mbpp", "base", "mbpp")),
+    _code_benchmark("mbpp_plus", "MBPP+", CodeSuite("mbpp", "plus", "mbpp")),
+):
+    register(_bench)
+
+
+def generation_benchmark(name: str) -> str:
+    """The benchmark whose generation `name` scores: itself, or for a plus suite its base benchmark."""
+    bench = get_benchmark(name)
+    return bench.code.generation if bench.code else name
 
 
 def load_problems(name: str, context: Mapping[str, Any] | None = None, limit: int | None = None) -> list[Problem]:

@@ -110,6 +110,10 @@ def run_generate(settings: GenerateSettings, runtime: GenerateRuntime, *, model_
     problems = load_problems(bench, settings.context.model_dump(exclude_none=True), settings.limit)
     tokenizer = AutoTokenizer.from_pretrained(model_dir)
     prompts = [problem_prompt(settings.template, p, tokenizer) for p in problems]
+    if get_benchmark(bench).code is not None:  # EvalPlus's prompt forms (asft.eval.code.prompts)
+        from asft.eval.code.prompts import code_prompt
+
+        prompts = [code_prompt(settings.template, p.question, tokenizer) for p in problems]
     generation: dict[str, Any] = {"benchmark": bench, "scoring": settings.scoring}
     source = _source_file(settings, bench)
     if source:

@@ -9,6 +9,8 @@ beside what generation.json recorded (counts, throughput, drift).
 Method `grade`: each completion against its gold by a named grading policy (asft.eval.grading).
 Method `choose_letter`: multiple choice, upstream medeval's letter rule over the recorded top
 next-token log-probabilities (`choose_letter`); no grading policy is involved.
+Method `execute` (code benchmarks): each sample's program run against its task's tests by EvalPlus in
+a sandbox (asft.eval.code.scoring); accuracy is pass@1 with greedy decoding.
 Method `judge` (AlpacaEval 2): the generation's outputs against reference outputs by a judge model
 (asft.eval.judge.score); accuracy is the length-controlled win rate.
 """
@@ -138,6 +140,15 @@ def _judge(settings: ScoreSettings, runtime: ScoreRuntime | None, samples_dir: P
         return run_judge(settings.judge, judge_runtime, samples_dir=samples_dir, graded=handle, log_dir=out_dir)
 
 
+def _execute(settings: ScoreSettings, rows: list[dict[str, Any]], handle: Any) -> tuple[list[tuple[int, int, bool]],
+                                                                                      dict]:
+    from asft.eval.code.scoring import execute
+
+    if settings.execute is None:
+        raise ValueError("score method 'execute' needs its execute settings")
+    return execute(rows, settings.execute, handle)
+
+
 def run_score(settings: ScoreSettings, *, samples_dir: Path, out_dir: Path,
               runtime: ScoreRuntime | None = None) -> dict[str, Any]:
     """Write graded.jsonl and scores.json into `out_dir`; returns the scores."""
@@ -153,6 +164,9 @@ def run_score(settings: ScoreSettings, *, samples_dir: Path, out_dir: Path,
         if settings.method == "choose_letter":
             verdicts, extra = _choose(rows, handle)
             grading: dict[str, Any] = {"method": "choose_letter"}
+        elif settings.method == "execute":
+            verdicts, extra = _execute(settings, rows, handle)
+            grading = {"method": "execute", **settings.execute.model_dump(exclude_none=True)}
         else:
             if settings.policy is None:
                 raise ValueError("score method 'grade' needs a grading policy")

@@ -91,7 +91,15 @@ class ExecuteSettings(StageSettings):
     """Method `execute` (code benchmarks): which tests EvalPlus runs on each sample, under which limits."""
 
     dataset: str  # the EvalPlus dataset (humaneval, mbpp) whose tests run
-    suite: Literal["base", "plus"] = "base"  # the original tests, or EvalPlus's extended ones
+    suite: Literal["base", "plus"] = "base"  # the original tests, or the original and EvalPlus's extra ones
+    prefix_prompt: bool = True  # the program is prompt + completion (base-model form), else the completion
+    min_time_limit: float = Field(1.0, gt=0)  # EvalPlus's per-test time limit: max(this, factor x reference time)
+    gt_time_limit_factor: float = Field(4.0, gt=0)
+    memory_mb: int = Field(4096, ge=256)  # address-space limit of each test process (EvalPlus's default 4 GiB)
+    local_file: str | None = None  # a user's copy of the EvalPlus file (eval.benchmark_files), else the shipped one
+    local_sha256: str | None = None
+
+    key_omits = {"local_file": None, "local_sha256": None}
 
 
 class JudgeSettings(StageSettings):

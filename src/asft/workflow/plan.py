@@ -23,11 +23,12 @@ from pathlib import Path
 from typing import Any
 
 from asft.core.files import sha256_file
-from asft.eval.benchmarks import get_benchmark
+from asft.eval.benchmarks import CodeSuite, available_benchmarks, generation_benchmark, get_benchmark
 from asft.eval.protocols import get_protocol
 from asft.eval.settings import (
     BenchmarkRef,
     EvalContext,
+    ExecuteSettings,
     GenerateRuntime,
     GenerateSettings,
     JudgeRuntime,
@@ -175,6 +176,12 @@ def train_runtime(cfg: Config) -> TrainRuntime:
     )
 
 
+def shared_file(benchmark: str, files: dict[str, str]) -> str | None:
+    """A benchmark whose data file `benchmark` shares (HumanEval+ for HumanEval, ...), if files names one."""
+    return next((name for name in sorted(files) if name in available_benchmarks()
+                 and generation_benchmark(name) == benchmark != name), None)
+
+
 def generate_settings(cfg: Config, benchmark: str) -> GenerateSettings:
     ev = cfg.eval
     protocol = get_protocol(ev.protocol)
@@ -186,10 +193,11 @@ def generate_settings(cfg: Config, benchmark: str) -> GenerateSettings:
     context = EvalContext()
     if benchmark.startswith("embedded_"):
         context = EvalContext(split_seed=cfg.model.embedded.split_seed)
-    if benchmark in ev.benchmark_files:
-        local = Path(ev.benchmark_files[benchmark])
+    given = benchmark if benchmark in ev.benchmark_files else shared_file(benchmark, ev.benchmark_files)
+    if given in ev.benchmark_files:
+        local = Path(ev.benchmark_files[given])
         if not local.is_file():
-            raise FileNotFoundError(f"eval.benchmark_files.{benchmark}: {local} does not exist")
+            raise FileNotFoundError(f"eval.benchmark_files.{given}: {local} does not exist")
         context = EvalContext(local_file=str(local), local_sha256=sha256_file(local))
     return GenerateSettings(
         benchmark=BenchmarkRef.model_validate(get_benchmark(benchmark).settings()),
@@ -197,7 +205,7 @@ def generate_settings(cfg: Config, benchmark: str) -> GenerateSettings:
         protocol=ProtocolRef(name=protocol.name, version=protocol.version) if protocol else None,
         backend=ev.backend,
         **{**fields, "top_p": fields["top_p"] if sampled else 1.0},
-        stop=list(ev.stop),
+        stop=[*ev.stop, *code_stop_strings(benchmark, fields["template"])],
         seed=ev.seed,
         drift=ev.drift,
         limit=ev.limit,
@@ -218,6 +226,9 @@ def score_settings(generation: GenerateSettings, policy: str, *, benchmark: str 
         return ScoreSettings(method="judge", judge=judge_settings(cfg))
     if generation.scoring == "choice_logprobs":
         return ScoreSettings(method="choose_letter")
+    code = get_benchmark(benchmark or generation.benchmark.name).code
+    if code is not None:
+        return ScoreSettings(method="execute", execute=execute_settings(generation, code))
     return ScoreSettings(method="grade", policy=PolicyRef(name=policy, version=policy_version(policy)))
 
 
@@ -239,6 +250,27 @@ def score_runtime(cfg: Config) -> ScoreRuntime:
         base_url=judge.base_url, api_key_env=judge.api_key_env, serve=judge.serve is not None,
         serve_tensor_parallel=judge.serve_tensor_parallel, concurrency=judge.concurrency,
         max_retries=judge.max_retries, timeout_s=judge.timeout_s, cache_dir=judge.cache_dir))
+
+
+def execute_settings(generation: GenerateSettings, code: CodeSuite) -> ExecuteSettings:
+    """A code benchmark's tests, run by EvalPlus on its generation's samples (asft.eval.code)."""
+    from asft.eval.code.prompts import CODE_TEMPLATES, continues_prompt
+
+    if generation.template not in CODE_TEMPLATES:
+        raise ValueError(f"eval.template: '{generation.template}' has no code form; the code benchmarks "
+                         f"({generation.benchmark.name}) take {', '.join(CODE_TEMPLATES)}")
+    return ExecuteSettings(dataset=code.dataset, suite=code.suite, prefix_prompt=continues_prompt(generation.template),
+                           local_file=generation.context.local_file, local_sha256=generation.context.local_sha256)
+
+
+def code_stop_strings(benchmark: str, template: str) -> list[str]:
+    """EvalPlus's stop strings of a code benchmark's generation (none for the others)."""
+    code = get_benchmark(benchmark).code
+    if code is None:
+        return []
+    from asft.eval.code.prompts import code_stop
+
+    return code_stop(code.dataset, template)
 
 
 def execute_settings(generation: GenerateSettings, code: CodeSuite) -> ExecuteSettings:
@@ -368,7 +400,9 @@ def _add_point(plan: Plan, cfg: Config, swept: dict[str, Any]) -> None:
     model = plan.add(_node("model", model_settings(cfg), {}, {"model": cfg.model.id or cfg.model.source, **swept}))
     tokenize = tokenize_settings(cfg)
     generate_runtime = GenerateRuntime(batch_size=cfg.eval.batch_size, tensor_parallel=cfg.eval.tensor_parallel)
-    generations = {benchmark: generate_settings(cfg, benchmark) for benchmark in cfg.eval.benchmarks}
+    # a plus suite scores its base benchmark's generation (the same prompts): one generate node for both
+    generated = {benchmark: generation_benchmark(benchmark) for benchmark in cfg.eval.benchmarks}
+    generations = {benchmark: generate_settings(cfg, name) for benchmark, name in generated.items()}
     policies = grading_policies(cfg.eval)
 
     def add_evals(evaluated: Node, labels: dict[str, Any]) -> None:
@@ -377,7 +411,8 @@ def _add_point(plan: Plan, cfg: Config, swept: dict[str, Any]) -> None:
             if cfg.eval.drift and evaluated is not model:
                 parents["base"] = model
             eval_labels = {**labels, "benchmark": benchmark, **swept}
-            samples = plan.add(_node("generate", settings, parents, eval_labels, generate_runtime))
+            samples = plan.add(_node("generate", settings, parents, {**eval_labels, "benchmark": generated[benchmark]},
+                                     generate_runtime))
             # one score node per distinct scoring (multiple choice: one for every policy), labelled with
             # the policies it stands for
             judged: dict[str, tuple[ScoreSettings, list[str]]] = {}
