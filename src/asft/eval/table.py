@@ -397,6 +397,9 @@ def grading_notes(eval_rows: Sequence[Mapping[str, Any]], scores: Mapping[str, M
                 grading = scores[row["score_key"]].get("grading") or {}
                 if grading.get("method") == "choose_letter":
                     how.add("the option letter with the highest next-token log-probability (multiple choice)")
+                elif grading.get("method") == "judge":
+                    how.add(f"AlpacaEval 2's length-controlled win rate (%) against {grading.get('reference')}'s "
+                            f"outputs, judged by {grading.get('model')} with alpaca-eval's `{grading.get('annotator')}`")
                 else:
                     version = grading.get("policy_version")
                     how.add(f"the grading policy `{grading.get('policy', policy)}`"

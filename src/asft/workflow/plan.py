@@ -239,7 +239,8 @@ def judge_settings(cfg: Config) -> JudgeSettings:
     from asft.eval.judge.reference import REFERENCE_GENERATOR, REFERENCE_SHA256
 
     judge = cfg.eval.judge
-    return JudgeSettings(annotator=judge.annotator, model=judge.serve or judge.model or annotator_model(judge.annotator),
+    model = judge.serve or judge.model or annotator_model(judge.annotator)
+    return JudgeSettings(annotator=judge.annotator, model=model,
                          annotator_sha256=annotator_sha256(judge.annotator), package=package_version(),
                          reference=REFERENCE_GENERATOR, reference_sha256=REFERENCE_SHA256)
 

@@ -58,8 +58,8 @@ def annotator_config(name: str) -> dict[str, Any]:
     """The annotator's own settings (its configs.yaml entry); an unknown one is an error naming the field."""
     path = configs_dir() / name / "configs.yaml"
     if not path.is_file():
-        raise JudgeConfigError(f"eval.judge.annotator: unknown annotator '{name}'{did_you_mean(name, available_annotators())}"
-                               f"; see {configs_dir()}")
+        hint = did_you_mean(name, available_annotators())
+        raise JudgeConfigError(f"eval.judge.annotator: unknown annotator '{name}'{hint}; see {configs_dir()}")
     configs = yaml.safe_load(path.read_text(encoding="utf-8"))
     if not isinstance(configs, dict) or len(configs) != 1:
         raise JudgeConfigError(f"eval.judge.annotator: {path} holds {len(configs or {})} annotators; "

@@ -62,7 +62,8 @@ def _cached(path: Path) -> int:
     except FileNotFoundError:
         return 0
     except (ValueError, UnicodeDecodeError) as error:
-        raise ValueError(f"judge cache {path} is damaged ({error}); delete it (its judgements are asked again)") from None
+        raise ValueError(f"judge cache {path} is damaged ({error}); delete it (its judgements are asked "
+                         "again)") from None
 
 
 def references_for(outputs: list[dict[str, str]], settings: JudgeSettings) -> list[dict[str, str]]:
