@@ -179,6 +179,7 @@ def test_a_flag_on_an_average_that_matches_is_caught(tmp_path):
     (lambda t: t.update(average_of=["aime24", "amc24"]), r"paper_math.average_of: unknown benchmark 'amc24'"),
     (lambda t: t.pop("source"), r"paper_math.source: missing"),
     (lambda t: t["rows"].append(dict(t["rows"][0])), r"rows\[13\]: a second row for train_set '-', mode 'base'"),
+    (lambda t: t.update(decimals="two"), r"paper_math.decimals: expected how many decimals the source prints"),
 ])
 def test_bad_published_tables_name_file_and_field(tmp_path, change, message):
     table = paper_math_copy()
@@ -307,4 +308,18 @@ def test_table_3_code_cell_for_cell():
     assert rows == TABLE_3
     for row in table["rows"]:  # printed to one decimal: each average is the mean of its cells, rounded
         assert abs(row["target"] - sum(row[k] for k in code) / 4) <= 0.05 + 1e-9
+        assert "avg_printed_differs" not in row
     assert load_published("paper_table3_code")
+
+
+def test_the_rounding_check_follows_the_printed_decimals(tmp_path):
+    """Table 3 prints one decimal: 26.4 for a mean of 26.35 is rounding there, a slip at two decimals."""
+    table = read_published_file(PUBLISHED_FILE)["paper_table3_code"]
+    assert table["decimals"] == 1
+    two = {**table, "decimals": 2}
+    with pytest.raises(ValueError, match=r"paper_table3_code.rows\[1\].target: 26.4 is not the mean of its cells"):
+        load_published("paper_table3_code", write_tables(tmp_path, {"paper_table3_code": two}))
+    off = {**table, "rows": [dict(row) for row in table["rows"]]}
+    off["rows"][1]["target"] = 26.5  # 0.15 from the mean: not rounding at one decimal either
+    with pytest.raises(ValueError, match=r"rows\[1\].target: 26.5 is not the mean"):
+        load_published("paper_table3_code", write_tables(tmp_path, {"paper_table3_code": off}))

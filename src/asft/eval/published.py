@@ -23,9 +23,15 @@ ROW_KEYS = ("train_set", "mode")
 AVERAGE_KEY = "target"
 #: A published row whose printed average is not the mean of its printed cells says so with this flag.
 DIFFERS_FLAG = "avg_printed_differs"
-#: Numbers are printed to two decimals: a printed average within half a unit of the last digit of the
-#: mean of its cells is that mean (the epsilon absorbs binary floating point).
-ROUNDING_TOLERANCE = 0.005 + 1e-9
+#: A table's `decimals`: how many its source prints (Table 1 and 2: two; Table 3: one). A printed average
+#: within half a unit of its last digit of the mean of its cells is that mean.
+DECIMALS_KEY = "decimals"
+DEFAULT_DECIMALS = 2
+
+
+def rounding_tolerance(decimals: int = DEFAULT_DECIMALS) -> float:
+    """Half a unit of the last printed digit (the epsilon absorbs binary floating point)."""
+    return 0.5 * 10.0 ** -decimals + 1e-9
 #: A table of other numbers than accuracies names them (the paper's Table 4: `metrics: [hours, memory_gb]`).
 METRICS_KEY = "metrics"
 #: An accuracy table may name the cost table of the same setting (shown in table.md's "Training cost").
@@ -61,12 +67,13 @@ def published_cell_mean(row: Mapping[str, Any], benchmarks: Sequence[str]) -> fl
     return sum(float(c) for c in cells) / len(cells)
 
 
-def printed_average_differs(row: Mapping[str, Any], benchmarks: Sequence[str]) -> bool:
-    """Whether the row's printed average is not the mean of its cells (beyond two-decimal rounding)."""
+def printed_average_differs(row: Mapping[str, Any], benchmarks: Sequence[str],
+                            decimals: int = DEFAULT_DECIMALS) -> bool:
+    """Whether the row's printed average is not the mean of its cells (beyond rounding to `decimals`)."""
     mean = published_cell_mean(row, benchmarks)
     if AVERAGE_KEY not in row or math.isnan(mean):
         return False
-    return abs(float(row[AVERAGE_KEY]) - mean) > ROUNDING_TOLERANCE
+    return abs(float(row[AVERAGE_KEY]) - mean) > rounding_tolerance(decimals)
 
 
 def check_published_table(name: str, table: Any, path: Path = PUBLISHED_FILE) -> None:
@@ -98,13 +105,17 @@ def check_published_table(name: str, table: Any, path: Path = PUBLISHED_FILE) ->
             raise ValueError(f"{where}.average_of: expected a list of distinct benchmark names, got {average_of!r}")
         for bench in average_of:
             _check_benchmark_name(bench, known, f"{where}.average_of")
+    decimals = table.get(DECIMALS_KEY, DEFAULT_DECIMALS)
+    if isinstance(decimals, bool) or not isinstance(decimals, int) or not 0 <= decimals <= 4:
+        raise ValueError(f"{where}.{DECIMALS_KEY}: expected how many decimals the source prints (0 to 4), "
+                         f"got {decimals!r}")
     rows = table.get("rows")
     if not isinstance(rows, list) or not rows:
         raise ValueError(f"{where}.rows: expected a non-empty list of rows")
     seen: set[tuple[str, str]] = set()
     for index, row in enumerate(rows):
         at = f"{where}.rows[{index}]"
-        _check_published_row(row, at, known, average_of)
+        _check_published_row(row, at, known, average_of, decimals)
         key = (str(row["train_set"]), str(row["mode"]))
         if key in seen:
             raise ValueError(f"{at}: a second row for train_set {key[0]!r}, mode {key[1]!r}")
@@ -153,7 +164,8 @@ def _check_benchmark_name(name: Any, known: Sequence[str], where: str) -> None:
         raise ValueError(f"{where}: unknown benchmark '{name}'{hint}; known: {', '.join(known)}")
 
 
-def _check_published_row(row: Any, at: str, known: Sequence[str], average_of: Sequence[str] | None) -> None:
+def _check_published_row(row: Any, at: str, known: Sequence[str], average_of: Sequence[str] | None,
+                         decimals: int) -> None:
     if not isinstance(row, Mapping):
         raise ValueError(f"{at}: expected a mapping with train_set, mode and numbers, got {row!r}")
     for field in ROW_KEYS:
@@ -173,10 +185,10 @@ def _check_published_row(row: Any, at: str, known: Sequence[str], average_of: Se
     if AVERAGE_KEY in row and average_of is None:
         raise ValueError(f"{at}.{AVERAGE_KEY}: an average needs the table's `average_of` "
                          "(which benchmarks it averages)")
-    _check_printed_average(row, at, average_of)
+    _check_printed_average(row, at, average_of, decimals)
 
 
-def _check_printed_average(row: Mapping[str, Any], at: str, average_of: Sequence[str] | None) -> None:
+def _check_printed_average(row: Mapping[str, Any], at: str, average_of: Sequence[str] | None, decimals: int) -> None:
     """The printed average is the mean of its cells, or the row declares that it is not."""
     flagged = bool(row.get(DIFFERS_FLAG, False))
     if average_of is None or AVERAGE_KEY not in row or math.isnan(published_cell_mean(row, average_of)):
@@ -184,7 +196,7 @@ def _check_printed_average(row: Mapping[str, Any], at: str, average_of: Sequence
             raise ValueError(f"{at}.{DIFFERS_FLAG}: needs the printed `{AVERAGE_KEY}` and every cell of `average_of`")
         return
     mean = published_cell_mean(row, average_of)
-    differs = printed_average_differs(row, average_of)
+    differs = printed_average_differs(row, average_of, decimals)
     if differs and not flagged:
         raise ValueError(f"{at}.{AVERAGE_KEY}: {row[AVERAGE_KEY]} is not the mean of its cells ({mean:.3f}); "
                          f"a typo in a cell or the average? If the source prints it so, add {DIFFERS_FLAG}: true")
