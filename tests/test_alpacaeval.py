@@ -155,6 +155,28 @@ def test_judge_path_requests_retries_cache_and_win_rates(tmp_path, offline_calib
         assert third["win_rate"] == pytest.approx(100 * (4 * 0.8 + 2 * 0.2) / 6)
 
 
+def test_a_judge_that_keeps_failing_fails_the_job_and_the_next_run_asks_again(tmp_path, offline_calibration):
+    import openai
+
+    from asft.eval.score import run_score
+    from asft.eval.settings import JudgeRuntime, ScoreRuntime, ScoreSettings
+
+    refs = load_reference()[:3]
+    write_generation(tmp_path / "gen", [ref.output[:30] for ref in refs])
+    settings = ScoreSettings(method="judge", judge=judge_settings(judge={"base_url": "http://x/v1"}))
+    with JudgeStandIn(fail_first=[500] * 20) as judge:
+        runtime = ScoreRuntime(judge=JudgeRuntime(base_url=judge.base_url, cache_dir=str(tmp_path / "cache"),
+                                                  max_retries=1, concurrency=1))
+        (tmp_path / "s1").mkdir()
+        with pytest.raises(openai.InternalServerError):
+            run_score(settings, samples_dir=tmp_path / "gen", out_dir=tmp_path / "s1", runtime=runtime)
+        assert judge.requests == 0 and not (tmp_path / "s1" / "scores.json").exists()
+        judge.fail_first.clear()
+        (tmp_path / "s2").mkdir()
+        scores = run_score(settings, samples_dir=tmp_path / "gen", out_dir=tmp_path / "s2", runtime=runtime)
+        assert judge.requests == 3 and scores["n_total"] == 3 and scores["judge"]["new_verdicts"] == 3
+
+
 def test_openai_api_without_its_key_fails_before_any_request(monkeypatch):
     from asft.eval.judge.annotator import LOCAL_KEY, JudgeConfigError, api_key
 
