@@ -41,6 +41,7 @@ def parent_manifests(stage):
 tokenize_inputs = parent_manifests("tokenize")
 train_inputs = parent_manifests("train")
 merge_inputs = parent_manifests("merge")
+rl_inputs = parent_manifests("rl")
 generate_inputs = parent_manifests("generate")
 score_inputs = parent_manifests("score")
 
@@ -64,6 +65,7 @@ def report_labels(stage):
 
 
 train_labels = report_labels("train")
+rl_labels = report_labels("rl")
 
 
 def score_manifests(wildcards):

@@ -392,6 +392,73 @@ class TableConfig(_Strict):
     )
 
 
+class RLConfig(_Strict):
+    """RL after training (the paper's Table 2, docs/rl.md): GRPO or DAPO with TRL's GRPOTrainer, from the base
+    model or from the runs of a trained mode. Empty `algorithms`: no RL jobs."""
+
+    algorithms: list[Literal["grpo", "dapo"]] = Field(
+        default_factory=list, description="Algorithms to run (asft.train.rl_settings.ALGORITHMS: grpo, dapo); empty: "
+        "no rl jobs."
+    )
+    start_from: list[str] = Field(
+        default_factory=lambda: ["base"], description="Where each algorithm starts: base (the base model), or a mode "
+        "of `modes` (its trained run of each seed; a LoRA run's merge), e.g. [base, sft, asft]."
+    )
+    runs: list[str] | None = Field(
+        None, description="Only these runs, named as the table labels them (grpo, dapo from base; sft+dapo, "
+        "asft+dapo from a mode); null: every algorithm from every start."
+    )
+    reward: Literal["auto", "grade", "letter"] = Field(
+        "auto", description="grade: the first grading policy's verdict on the completion's answer against the "
+        "answer it extracts from the row's response (math); letter: the chosen option letter against the "
+        "response's letter (multiple choice); auto: letter when the eval scores multiple choice, else grade."
+    )
+    num_generations: int = Field(8, ge=2, description="Completions per prompt (a group; TRL default 8).")
+    max_completion_length: int = Field(512, ge=1, description="Longest completion in tokens (TRL default 512).")
+    temperature: float = Field(1.0, gt=0, description="Sampling temperature of the completions (TRL default 1.0).")
+    top_p: float = Field(1.0, gt=0, le=1, description="Nucleus sampling (TRL default 1.0).")
+    scale_rewards: Literal["group", "batch", "none"] = Field(
+        "group", description="Advantage scaling: by the group's reward std (TRL default), the batch's, or none."
+    )
+    num_iterations: int = Field(1, ge=1, description="Optimisation passes per generated batch (TRL default 1).")
+    lr: float = Field(1e-6, gt=0, description="Peak learning rate (TRL default 1e-6).")
+    lr_scheduler: Literal["linear", "cosine", "constant", "constant_with_warmup"] = Field(
+        "linear", description="Schedule (TRL/transformers default linear)."
+    )
+    warmup_ratio: float = Field(0.0, ge=0, lt=1, description="Warm-up as a fraction of the steps (default 0).")
+    weight_decay: float = Field(0.0, ge=0, description="AdamW weight decay (default 0).")
+    max_grad_norm: float = Field(1.0, gt=0, description="Gradient clip (default 1.0).")
+    max_steps: int | None = Field(None, ge=1, description="Optimizer steps (null: epochs).")
+    epochs: float = Field(3.0, gt=0, description="Passes over the prompts when max_steps is null (TRL default 3).")
+    global_batch_size: int = Field(
+        8, ge=2, description="Completions per optimizer step over all devices (global_batch_size / num_generations "
+        "prompts); TRL's default on one device: 8."
+    )
+    per_device_batch_size: int = Field(8, ge=1, description="Completions per forward pass per device (TRL default 8).")
+    max_prompts: int | None = Field(None, ge=1, description="Only the first N prompts of the train set (null: all).")
+    precision: Literal["fp32", "bf16"] = Field("fp32", description="fp32, or bf16 weights and compute (GPU).")
+    use_vllm: bool = Field(False, description="Generate with vLLM colocated on the training GPUs. Not in the key.")
+    gradient_checkpointing: bool = Field(False, description="Recompute activations to save memory. Not in the key.")
+    logging_steps: int = Field(1, ge=1, description="Log the reward every N steps. Not in the key.")
+    save_steps: int = Field(100, ge=1, description="Checkpoint every N steps (resume point). Not in the key.")
+
+    @field_validator("algorithms")
+    @classmethod
+    def _distinct_algorithms(cls, algorithms: list[str]) -> list[str]:
+        if len(set(algorithms)) != len(algorithms):
+            raise ValueError(f"an algorithm is listed twice: {algorithms}")
+        return algorithms
+
+    def run_label(self, algorithm: str, start: str) -> str:
+        """The table's name of a run: the algorithm from the base, `<mode>+<algorithm>` from a trained mode."""
+        return algorithm if start == "base" else f"{start}+{algorithm}"
+
+    def planned_runs(self) -> list[tuple[str, str]]:
+        """(algorithm, start) of every rl run, in the config's order (filtered by `runs`)."""
+        pairs = [(algorithm, start) for start in self.start_from for algorithm in self.algorithms]
+        return [p for p in pairs if self.runs is None or self.run_label(*p) in self.runs]
+
+
 class RuleResources(_Strict):
     threads: int = Field(1, ge=1, description="Threads (torch threads) per job.")
     mem_mb: int = Field(2000, ge=1, description="Memory per job.")
@@ -404,6 +471,7 @@ class ResourcesConfig(_Strict):
     tokenize: RuleResources = Field(default_factory=RuleResources)
     train: RuleResources = Field(default_factory=RuleResources)
     merge: RuleResources = Field(default_factory=RuleResources)
+    rl: RuleResources = Field(default_factory=RuleResources)
     eval: RuleResources = Field(default_factory=RuleResources)
     score: RuleResources = Field(default_factory=RuleResources)
 
@@ -434,6 +502,7 @@ class Config(_Strict):
     eval: EvalConfig = Field(default_factory=EvalConfig)
     evaluate_base: bool = Field(True, description="Also evaluate the untouched base model (a 'base' row).")
     table: TableConfig = Field(default_factory=TableConfig)
+    rl: RLConfig = Field(default_factory=RLConfig, description="RL after training (docs/rl.md); absent: none.")
     resources: ResourcesConfig = Field(default_factory=ResourcesConfig)
     sweep: dict[str, list[Any]] = Field(
         default_factory=dict,
@@ -574,6 +643,11 @@ class Config(_Strict):
         _check_dynamics(self)
         return self
 
+    @model_validator(mode="after")
+    def _rl_runs(self) -> Config:
+        _check_rl(self)
+        return self
+
 
 def dynamics_benchmarks(cfg: Config) -> list[str]:
     """The benchmarks measured during training (train.eval_every): its list, else the table's."""
@@ -614,6 +688,45 @@ def _check_dynamics(cfg: Config) -> None:
         if template == "choice" and not get_benchmark(bench).multiple_choice:
             raise ValueError(f"train.eval_benchmarks: '{bench}' has no options, and the eval template is 'choice': "
                              "measure multiple-choice benchmarks only, or use another eval template")
+
+
+def _check_rl(cfg: Config) -> None:
+    """rl.start_from names base or a trained mode; rl.runs names planned runs; the reward fits the eval."""
+    rl = cfg.rl
+    starts = ["base", *cfg.modes]
+    for start in rl.start_from:
+        if start not in starts:
+            raise ValueError(f"rl.start_from: '{start}' is not base or a mode of `modes`{did_you_mean(start, starts)}; "
+                             f"known: {', '.join(starts)}")
+    if len(set(rl.start_from)) != len(rl.start_from):
+        raise ValueError(f"rl.start_from: a start is listed twice: {rl.start_from}")
+    if rl.runs is not None:
+        labels = [rl.run_label(algorithm, start) for start in rl.start_from for algorithm in rl.algorithms]
+        for run in rl.runs:
+            if run not in labels:
+                raise ValueError(f"rl.runs: '{run}' is not a run of rl.algorithms from rl.start_from"
+                                 f"{did_you_mean(run, labels)}; these are: {', '.join(labels) or 'none'}")
+    if rl.global_batch_size % rl.per_device_batch_size:
+        raise ValueError(f"rl.global_batch_size: {rl.global_batch_size} is not a multiple of rl.per_device_batch_size "
+                         f"({rl.per_device_batch_size})")
+    if rl.global_batch_size % rl.num_generations:
+        raise ValueError(f"rl.global_batch_size: {rl.global_batch_size} completions do not split into groups of "
+                         f"rl.num_generations ({rl.num_generations})")
+    for train_set in cfg.train_sets:
+        if rl.algorithms and train_set.source != "embedded" and train_set.format != "alpaca":
+            raise ValueError(f"rl.algorithms: train set '{train_set.name}' holds conversations (format "
+                             f"{train_set.format}); rl reads a prompt and a gold answer from instruction/response rows")
+
+
+def rl_reward_kind(cfg: Config) -> str:
+    """rl.reward with `auto` resolved: letter when the eval scores multiple choice, else grade."""
+    from asft.eval.protocols import get_protocol
+
+    if cfg.rl.reward != "auto":
+        return cfg.rl.reward
+    protocol = get_protocol(cfg.eval.protocol)
+    scoring = protocol.scoring if protocol else cfg.eval.scoring
+    return "letter" if scoring == "choice_logprobs" else "grade"
 
 
 def grading_policies(ev: EvalConfig) -> list[str]:

@@ -57,8 +57,9 @@ from asft.train.settings import (
     TrainSettings,
 )
 from asft.core.settings import Runtime, StageSettings
+from asft.train.rl_settings import RewardSettings, RLRuntime, RLSettings
 from asft.workflow.artifacts import Node
-from asft.workflow.config import ROOT, Config, TrainSetConfig, dynamics_benchmarks, grading_policies
+from asft.workflow.config import ROOT, Config, TrainSetConfig, dynamics_benchmarks, grading_policies, rl_reward_kind
 from asft.workflow.keys import KEY_LENGTH, canonical_json, stage_key
 from asft.workflow.stages import get_stage
 
@@ -180,6 +181,31 @@ def shared_file(benchmark: str, files: dict[str, str]) -> str | None:
     """A benchmark whose data file `benchmark` shares (HumanEval+ for HumanEval, ...), if files names one."""
     return next((name for name in sorted(files) if name in available_benchmarks()
                  and generation_benchmark(name) == benchmark != name), None)
+
+
+def rl_settings(cfg: Config, algorithm: str, seed: int) -> RLSettings:
+    """One RL run: the algorithm's TRL settings (asft.train.rl_settings.ALGORITHMS), the config's sampling and
+    optimisation, the reward (the first grading policy's verdict, or the chosen letter) and the seed."""
+    from asft.eval.grading import policy_version
+
+    rl = cfg.rl
+    kind = rl_reward_kind(cfg)
+    policy = grading_policies(cfg.eval)[0]
+    reward = RewardSettings(kind=kind, policy=PolicyRef(name=policy, version=policy_version(policy))
+                            if kind == "grade" else None)
+    return RLSettings.for_algorithm(
+        algorithm, scale_rewards=rl.scale_rewards, num_iterations=rl.num_iterations,
+        num_generations=rl.num_generations, max_completion_length=rl.max_completion_length,
+        temperature=rl.temperature, top_p=rl.top_p, template=cfg.tokenize.template, lr=rl.lr,
+        lr_scheduler=rl.lr_scheduler, warmup_ratio=rl.warmup_ratio, weight_decay=rl.weight_decay,
+        max_grad_norm=rl.max_grad_norm, max_steps=rl.max_steps, epochs=None if rl.max_steps else rl.epochs,
+        global_batch_size=rl.global_batch_size, per_device_batch_size=rl.per_device_batch_size,
+        max_prompts=rl.max_prompts, precision=rl.precision, reward=reward, seed=seed)
+
+
+def rl_runtime(cfg: Config) -> RLRuntime:
+    return RLRuntime(logging_steps=cfg.rl.logging_steps, save_steps=cfg.rl.save_steps,
+                     gradient_checkpointing=cfg.rl.gradient_checkpointing, use_vllm=cfg.rl.use_vllm)
 
 
 def generate_settings(cfg: Config, benchmark: str) -> GenerateSettings:
@@ -359,6 +385,10 @@ class Plan:
                else f"{labels.get('mode')} seed {labels.get('seed')} on {labels.get('train_set')}")
         if stage in ("train", "merge"):
             return f"{'train' if stage == 'train' else 'merge the adapter of'} {run}"
+        if stage == "rl":
+            node = self.node(stage, key)
+            start = self.parent(node, "start").labels.get("mode") if "start" in node.parents else BASE_LABEL
+            return f"rl {node.settings.algorithm} from {start} seed {labels.get('seed')} on {labels.get('train_set')}"
         if stage == "generate":
             return f"generate {labels.get('benchmark')} with {run}"
         settings = self.node(stage, key).settings
@@ -431,6 +461,7 @@ def _add_point(plan: Plan, cfg: Config, swept: dict[str, Any]) -> None:
         tokenized = plan.add(_node("tokenize", tokenize, {"model": model, "data": data},
                                    {"train_set": train_set.name, **swept},
                                    TokenizeRuntime(num_proc=cfg.tokenize.num_proc)))
+        starts: dict[tuple[str, int], Node] = {}  # (mode, seed) -> the trained model an rl run starts from
         for mode in cfg.modes:
             for seed in cfg.seeds:
                 labels = {"train_set": train_set.name, "mode": mode, "seed": seed, **swept}
@@ -441,6 +472,17 @@ def _add_point(plan: Plan, cfg: Config, swept: dict[str, Any]) -> None:
                     evaluated = plan.add(_node("merge", MergeSettings(dtype=cfg.merge_dtype),
                                                {"train": trained, "model": model}, labels))
                 add_evals(evaluated, labels)
+                starts[(mode, seed)] = evaluated
+        # RL (docs/rl.md): from the base model, or from a trained mode's run of each seed (its merge for LoRA)
+        for algorithm, start in cfg.rl.planned_runs():
+            for seed in cfg.seeds:
+                labels = {"train_set": train_set.name, "mode": cfg.rl.run_label(algorithm, start), "seed": seed,
+                          **swept}
+                parents = {"model": model, "data": data}
+                if start != BASE_LABEL:
+                    parents["start"] = starts[(start, seed)]
+                add_evals(plan.add(_node("rl", rl_settings(cfg, algorithm, seed), parents, labels, rl_runtime(cfg))),
+                          labels)
 
 
 # --- node files: the plan as the jobs read it ------------------------------------------------------

@@ -33,6 +33,7 @@ from asft.train.settings import (
     TrainRuntime,
     TrainSettings,
 )
+from asft.train.rl_settings import RLRuntime, RLSettings
 
 
 @dataclass(frozen=True)
@@ -79,6 +80,8 @@ STAGES: tuple[Stage, ...] = (
           ("manifest.json", "curves.png"), "one training run (train set, mode, seed): adapter or weights"),
     Stage("merge", "merge", 1, MergeSettings, None, "asft.train.merge:run_merge_stage", "merge",
           ("manifest.json",), "a LoRA adapter folded into its base model"),
+    Stage("rl", "rl", 1, RLSettings, RLRuntime, "asft.train.rl:run_rl_stage", "rl",
+          ("manifest.json", "curves.png"), "one RL run (GRPO or DAPO) from the base model or a trained run: weights"),
     # generate + score were one `eval` stage until grading became its own step (re-scoring regenerates nothing)
     Stage("generate", "generate", 1, GenerateSettings, GenerateRuntime, "asft.eval.generate:run_generate_stage",
           "eval", ("manifest.json",), "one model's samples on one benchmark (completions, or next-token choices)"),
