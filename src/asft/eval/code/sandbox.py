@@ -56,13 +56,10 @@ class BatchResult:
     killed: list[int] = field(default_factory=list)  # samples that ran into the wall-clock limit
 
 
-def _scratch(data_file: Path, override_env: str, as_root: bool) -> tuple[Path, dict[str, str]]:
+def _scratch(data_file: Path, override_env: str) -> tuple[Path, dict[str, str]]:
     scratch = Path(tempfile.mkdtemp(prefix="asft-sandbox-"))
     local = scratch / ("data" + "".join(data_file.suffixes[-2:]))
-    shutil.copyfile(data_file, local)  # the worker reads only its scratch directory
-    if as_root:
-        for path in (scratch, local):
-            os.chown(path, NOBODY_UID, NOBODY_UID)
+    shutil.copyfile(data_file, local)  # the worker reads only its scratch directory (and gives it to its user)
     env = {"PATH": "/usr/bin:/bin", "HOME": str(scratch), "TMPDIR": str(scratch), "LANG": "C.UTF-8",
            "PYTHONDONTWRITEBYTECODE": "1", "PYTHONHASHSEED": "0", "OMP_NUM_THREADS": "1",
            "OPENBLAS_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false",
@@ -70,11 +67,9 @@ def _scratch(data_file: Path, override_env: str, as_root: bool) -> tuple[Path, d
     return scratch, env
 
 
-def _start(job: dict[str, Any], scratch: Path, env: dict[str, str], as_root: bool) -> tuple[subprocess.Popen, int]:
+def _start(job: dict[str, Any], scratch: Path, env: dict[str, str]) -> tuple[subprocess.Popen, int]:
     job_file = scratch / "job.json"
     job_file.write_text(json.dumps(job))
-    if as_root:
-        os.chown(job_file, NOBODY_UID, NOBODY_UID)
     read_fd, write_fd = os.pipe()
     env = {**env, "EVALPLUS_MAX_MEMORY_BYTES": str(job["limits"]["memory_mb"] * 2**20)}
     process = subprocess.Popen([sys.executable, "-I", worker_module.__file__, str(write_fd)], cwd=scratch, env=env,
@@ -92,10 +87,9 @@ def _kill_group(process: subprocess.Popen) -> None:
     process.wait()
 
 
-def _run_worker(job: dict[str, Any], scratch: Path, env: dict[str, str], limits: SandboxLimits,
-                as_root: bool) -> tuple[list[dict[str, Any]], bool, str]:
+def _run_worker(job: dict[str, Any], scratch: Path, env: dict[str, str], limits: SandboxLimits) -> tuple[list[dict[str, Any]], bool, str]:
     """Start one worker on `job`; returns its result lines, whether it was killed, and its stderr's tail."""
-    process, read_fd = _start(job, scratch, env, as_root)
+    process, read_fd = _start(job, scratch, env)
     deadline = time.monotonic() + limits.wall_seconds
     buffer, killed = b"", False
     with os.fdopen(read_fd, "rb", buffering=0) as pipe:
@@ -119,6 +113,8 @@ def _run_worker(job: dict[str, Any], scratch: Path, env: dict[str, str], limits:
         except subprocess.TimeoutExpired:
             killed = True
         _kill_group(process)  # whatever the worker left in its group goes with it
+    # and whatever left the group (setsid) but not the worker's pids cgroup; then the cgroup itself
+    worker_module.release_cgroup(worker_module.cgroup_dir(process.pid))
     stderr = process.stderr.read().decode("utf-8", "replace")[-2000:] if process.stderr else ""
     lines = [json.loads(line) for line in buffer.decode("utf-8", "replace").splitlines() if line.strip()]
     return lines, killed, stderr
@@ -132,12 +128,11 @@ def check_batch(dataset: str, suite: str, samples: Sequence[Sample], *, data_fil
     A worker killed at the wall-clock limit costs the sample it was on (verdict KILLED); the samples after
     it go to a new worker. A worker that dies for another reason is an error (its stderr is in the message).
     """
-    as_root = os.getuid() == 0
     home = home if home is not None else os.path.expanduser("~")
     result = BatchResult()
     pending = list(samples)
     while pending:
-        scratch, env = _scratch(data_file, override_env, as_root)
+        scratch, env = _scratch(data_file, override_env)
         try:
             job = {"dataset": dataset, "suite": suite, "home": home, "min_time_limit": min_time_limit,
                    "gt_time_limit_factor": gt_time_limit_factor,
@@ -145,7 +140,7 @@ def check_batch(dataset: str, suite: str, samples: Sequence[Sample], *, data_fil
                               "file_mb": limits.file_mb, "extra_processes": limits.extra_processes,
                               "nobody_uid": NOBODY_UID},
                    "samples": [{"index": s.index, "task_id": s.task_id, "solution": s.solution} for s in pending]}
-            lines, killed, stderr = _run_worker(job, scratch, env, limits, as_root)
+            lines, killed, stderr = _run_worker(job, scratch, env, limits)
         finally:
             shutil.rmtree(scratch, ignore_errors=True)
         for line in lines:

@@ -34,12 +34,27 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import resource
 import sys
 
 ROOT_UID = 0
+CLONE_NEWNS = 0x00020000
+CLONE_NEWPID = 0x20000000
 CLONE_NEWUSER = 0x10000000
 CLONE_NEWNET = 0x40000000
+MS_RDONLY, MS_NOSUID, MS_NODEV, MS_NOEXEC = 0x1, 0x2, 0x4, 0x8
+MS_REMOUNT, MS_BIND, MS_REC, MS_PRIVATE = 0x20, 0x1000, 0x4000, 0x40000
+#: Per-mount flags a bind remount must keep (the kernel refuses to clear them where they are locked).
+KEPT_MOUNT_FLAGS = {"nosuid": MS_NOSUID, "nodev": MS_NODEV, "noexec": MS_NOEXEC, "noatime": 0x400,
+                    "nodiratime": 0x800, "relatime": 0x200000}
+#: Devices the test processes may open (read-only mounts still let a device be written); every other
+#: mount gets nodev, so e.g. the root user's disk devices cannot be opened at all.
+DEVICES = ("/dev/null", "/dev/zero", "/dev/full", "/dev/random", "/dev/urandom")
+SHM = "/dev/shm"  # multiprocessing's semaphores and shared arrays (EvalPlus's verdicts) live there
+PR_CAPBSET_DROP, PR_SET_NO_NEW_PRIVS = 24, 38
+CAPABILITY_VERSION_3 = 0x20080522
+CGROUP_ROOT = "/sys/fs/cgroup"
 
 #: Audit events refused in the model's processes, by what they would do.
 PROCESS_EVENTS = frozenset({"os.fork", "os.forkpty", "os.exec", "os.posix_spawn", "os.spawn", "os.system",
@@ -140,13 +155,205 @@ def set_limits(limits: dict) -> None:
         resource.setrlimit(getattr(resource, name), value)
 
 
-def _unshare(flags: int) -> str | None:
+def _libc():
     import ctypes
 
     libc = ctypes.CDLL(None, use_errno=True)
-    if libc.unshare(flags) != 0:
-        return os.strerror(ctypes.get_errno())
-    return None
+    libc.mount.argtypes = [ctypes.c_char_p, ctypes.c_char_p, ctypes.c_char_p, ctypes.c_ulong, ctypes.c_char_p]
+    return libc
+
+
+def _call(result: int) -> str | None:
+    """None when a libc call succeeded, else its error."""
+    import ctypes
+
+    return None if result == 0 else os.strerror(ctypes.get_errno())
+
+
+def _unshare(flags: int) -> str | None:
+    return _call(_libc().unshare(flags))
+
+
+def _mount(source: str | None, target: str, fstype: str | None, flags: int, data: str | None = None) -> str | None:
+    encode = lambda value: None if value is None else os.fsencode(value)  # noqa: E731
+    return _call(_libc().mount(encode(source), encode(target), encode(fstype), flags, encode(data)))
+
+
+# --- the pids cgroup (shared with the parent, which empties and removes it) ---
+
+def cgroup_dir(worker_pid: int) -> str | None:
+    """The pids cgroup of the worker `worker_pid`, under the caller's own (None: no pids controller).
+
+    The parent calls this with the worker's pid before or after the worker runs; both are in the same
+    cgroup then, so both name the same folder.
+    """
+    try:
+        with open("/proc/self/cgroup", encoding="utf-8") as handle:
+            lines = [line.rstrip("\n").split(":", 2) for line in handle]
+    except OSError:
+        return None
+    try:
+        with open(f"{CGROUP_ROOT}/cgroup.controllers", encoding="utf-8") as handle:
+            unified = "pids" in handle.read().split()
+    except OSError:
+        unified = False
+    own = None
+    for _, controllers, path in lines:
+        if unified and controllers == "":
+            own = (CGROUP_ROOT, path)
+        elif not unified and "pids" in controllers.split(","):
+            own = (f"{CGROUP_ROOT}/pids", path)
+    if own is None or not os.path.isdir(own[0]):
+        return None
+    return f"{own[0]}{own[1].rstrip('/')}/asft-sandbox-{worker_pid}"
+
+
+def join_cgroup(extra_processes: int) -> str:
+    """Put the worker in a new pids cgroup that holds it and everything it forks; the report's line."""
+    path = cgroup_dir(os.getpid())
+    if path is None:
+        return "no pids cgroup controller"
+    parent = os.path.dirname(path)
+    try:
+        if os.path.exists(f"{parent}/cgroup.subtree_control"):  # cgroup v2: the controller must reach children
+            with open(f"{parent}/cgroup.subtree_control", "r+", encoding="utf-8") as handle:
+                if "pids" not in handle.read().split():
+                    handle.write("+pids")
+        os.mkdir(path)
+        # every thread counts: the worker's own, the test runner it forks, and the model's processes
+        allowed = len(os.listdir("/proc/self/task")) + 1 + int(extra_processes)
+        with open(f"{path}/pids.max", "w", encoding="utf-8") as handle:
+            handle.write(str(allowed))
+        with open(f"{path}/cgroup.procs", "w", encoding="utf-8") as handle:
+            handle.write(str(os.getpid()))
+    except OSError as error:
+        return f"no pids cgroup ({path}: {error.strerror})"
+    return f"cgroup pids.max {allowed}"
+
+
+def release_cgroup(path: str | None, timeout: float = 10.0) -> None:
+    """Kill every process left in the worker's cgroup, then remove it (the parent's side)."""
+    import signal
+    import time
+
+    if path is None or not os.path.isdir(path):
+        return
+    deadline = time.monotonic() + timeout
+    if os.path.exists(f"{path}/cgroup.kill"):  # cgroup v2 kills the lot atomically
+        with open(f"{path}/cgroup.kill", "w", encoding="utf-8") as handle:
+            handle.write("1")
+    while True:
+        with open(f"{path}/cgroup.procs", encoding="utf-8") as handle:
+            pids = [int(line) for line in handle if line.strip()]
+        if not pids:
+            try:
+                os.rmdir(path)
+                return
+            except OSError as error:  # the last tasks are still being torn down
+                if time.monotonic() > deadline:
+                    raise RuntimeError(f"sandbox: cannot remove the cgroup {path}: {error.strerror}") from error
+        for pid in pids:
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"sandbox: processes {pids} survive SIGKILL in the cgroup {path}")
+        time.sleep(0.01)
+
+
+# --- the mount namespace ---
+
+def _mount_points() -> list[tuple[str, set[str]]]:
+    """Each visible mount point (the topmost of stacked ones) with its per-mount options."""
+    points: dict[str, set[str]] = {}
+    with open("/proc/self/mountinfo", encoding="utf-8") as handle:
+        for line in handle:
+            fields = line.split()
+            point = re.sub(r"\\([0-7]{3})", lambda m: chr(int(m.group(1), 8)), fields[4])
+            points[point] = set(fields[5].split(","))  # later lines are mounted on top
+    return list(points.items())
+
+
+def read_only_filesystem(scratch: str) -> str:
+    """Layer 2: in a new mount namespace, every mount read-only, nosuid and nodev except the scratch
+    directory and a fresh /dev/shm; the harmless devices stay usable. The report's line."""
+    scratch = os.path.realpath(scratch)
+    error = _unshare(CLONE_NEWNS)
+    if error is None:
+        error = _mount(None, "/", None, MS_REC | MS_PRIVATE)  # nothing we do here reaches the machine
+    if error is not None:
+        return f"audit hook only (mount namespace: {error})"
+    steps = [(scratch, scratch, None, MS_BIND, None),
+             ("tmpfs", SHM, "tmpfs", MS_NOSUID | MS_NODEV | MS_NOEXEC, "size=64m,mode=1777")]
+    steps += [(device, device, None, MS_BIND, None) for device in DEVICES if os.path.exists(device)]
+    for source, target, fstype, flags, data in steps:
+        error = _mount(source, target, fstype, flags, data)
+        if error is not None:
+            return f"audit hook only (mount {target}: {error})"
+    failed = []
+    for point, options in _mount_points():
+        if point == SHM:
+            continue
+        kept = sum(flag for name, flag in KEPT_MOUNT_FLAGS.items() if name in options)
+        flags = MS_REMOUNT | MS_BIND | MS_NOSUID | kept
+        if point != scratch:
+            flags |= MS_RDONLY
+        if point not in DEVICES:
+            flags |= MS_NODEV
+        error = _mount(None, point, None, flags)
+        if error is not None:
+            failed.append(f"{point}: {error}")
+    if failed:
+        return "read-only except the scratch directory, but not: " + "; ".join(failed)
+    return "read-only except the scratch directory (mount namespace)"
+
+
+# --- processes and privileges ---
+
+def own_pid_namespace() -> str:
+    """Layer 3, part one: the next child is pid 1 of a new pid namespace (see `fork_runner`)."""
+    error = _unshare(CLONE_NEWPID)
+    return "own pid namespace" if error is None else f"shared (pid namespace: {error})"
+
+
+def fork_runner(result_fd: int) -> None:
+    """Fork the process that runs the tests; the worker waits for it and exits with its status.
+
+    In a new pid namespace the child is its pid 1: the model's processes cannot see or signal anything
+    outside it, and they all die with it. It mounts its own /proc (read-only) so /proc shows only them.
+    """
+    child = os.fork()
+    if child == 0:
+        if os.getpid() == 1:
+            _mount("proc", "/proc", "proc", MS_RDONLY | MS_NOSUID | MS_NODEV | MS_NOEXEC)
+        return
+    os.close(result_fd)
+    _, status = os.waitpid(child, 0)
+    code = os.waitstatus_to_exitcode(status)
+    if code < 0:
+        sys.stderr.write(f"sandbox: the test runner was killed by signal {-code}\n")
+    os._exit(1 if code < 0 else code)
+
+
+def drop_capabilities(bounding_only: bool = False) -> str | None:
+    """No capability now or after any exec (a root without them cannot remount, load modules, trace
+    other users, ...), and no setuid program gives any back."""
+    libc = _libc()
+    try:
+        with open("/proc/sys/kernel/cap_last_cap", encoding="utf-8") as handle:
+            last = int(handle.read())
+    except OSError:
+        last = 63
+    for capability in range(last + 1):
+        libc.prctl(PR_CAPBSET_DROP, capability, 0, 0, 0)  # EINVAL past the kernel's last one: fine
+    if bounding_only:
+        return None
+    import ctypes
+
+    header = (ctypes.c_uint32 * 2)(CAPABILITY_VERSION_3, 0)
+    error = _call(libc.capset(header, (ctypes.c_uint32 * 6)()))
+    return error or _call(libc.prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0))
 
 
 def _world_readable(paths: list[str]) -> bool:
@@ -179,33 +386,67 @@ def count_processes(uid: int) -> int:
     return count
 
 
-def lock_in(limits: dict, needed: list[str]) -> dict:
-    """Layers 1-3; returns what held, for the report."""
+def lock_in(limits: dict, needed: list[str], scratch: str, result_fd: int) -> dict:
+    """Layers 1-6 (see the module's docstring); returns what held, for the report.
+
+    Returns in the forked test runner: the worker itself only waits for it (`fork_runner`).
+    """
     report: dict = {}
     set_limits(limits)
     root = os.getuid() == ROOT_UID
-    error = _unshare(CLONE_NEWNET if root else CLONE_NEWUSER | CLONE_NEWNET)
+    nobody = int(limits.get("nobody_uid", 65534))
+    to_nobody = root and _world_readable(needed)
+    # RLIMIT_NPROC counts the user's processes machine-wide: count them while /proc still shows them all
+    nproc = count_processes(nobody if to_nobody else os.getuid()) + int(limits["extra_processes"])
+    cgroup = join_cgroup(int(limits["extra_processes"]))  # before anything forks
+    if not root:  # a user namespace gives an ordinary user the right to make the others
+        error = _unshare(CLONE_NEWUSER)
+        report["user_namespace"] = "yes" if error is None else f"no ({error})"
+    error = _unshare(CLONE_NEWNET)
     report["network"] = "namespace" if error is None else f"audit hook only (unshare: {error})"
-    user = os.getuid()
-    if root:
-        nobody = int(limits.get("nobody_uid", 65534))
-        if _world_readable(needed):
-            os.setgroups([])
-            os.setgid(nobody)
-            os.setuid(nobody)
-            user = nobody
-            report["user"] = "nobody"
-        else:
-            report["user"] = "root (the interpreter is not readable by nobody)"
+    report["filesystem"] = read_only_filesystem(scratch)
+    report["processes"] = own_pid_namespace()
+    fork_runner(result_fd)
+    if root:  # whoever runs the tests owns the scratch directory (a root without capabilities is an owner like any other)
+        for folder, _, files in os.walk(scratch):
+            for path in [folder] + [os.path.join(folder, name) for name in files]:
+                os.chown(path, nobody if to_nobody else ROOT_UID, nobody if to_nobody else ROOT_UID)
+    if to_nobody:
+        drop_capabilities(bounding_only=True)
+        os.setgroups([])
+        os.setgid(nobody)
+        os.setuid(nobody)
+        report["user"] = "nobody"
     else:
-        report["user"] = "unchanged (not root)"
-    if os.getuid() != ROOT_UID:
-        allowed = count_processes(os.getuid() if user == os.getuid() else user) + int(limits["extra_processes"])
-        resource.setrlimit(resource.RLIMIT_NPROC, (allowed, allowed))
-        report["max_processes"] = allowed
+        report["user"] = "root (the interpreter is not readable by nobody)" if root else "unchanged (not root)"
+    error = drop_capabilities()
+    report["capabilities"] = "none" if error is None else f"kept ({error})"
+    if cgroup.startswith("cgroup"):
+        report["max_processes"] = cgroup
+    elif not root or to_nobody:
+        resource.setrlimit(resource.RLIMIT_NPROC, (nproc, nproc))
+        report["max_processes"] = f"RLIMIT_NPROC {nproc} ({cgroup})"
     else:
-        report["max_processes"] = "not enforced for root"
+        report["max_processes"] = f"not enforced for root ({cgroup})"
     return report
+
+
+def end_strays() -> None:
+    """After each sample, as pid 1 of the sandbox's pid namespace: kill and reap whatever the model's
+    code left running (a fork bomb's survivors would otherwise slow every later sample)."""
+    import signal
+
+    if os.getpid() != 1:  # kill(-1) outside our own namespace would hit the whole machine
+        return
+    try:
+        os.kill(-1, signal.SIGKILL)
+    except ProcessLookupError:  # nothing left
+        return
+    while True:
+        try:
+            os.waitpid(-1, 0)
+        except ChildProcessError:
+            return
 
 
 def _ground_truth(problem: dict, dataset: str) -> dict:
@@ -241,6 +482,7 @@ def run(job: dict, result_fd: int) -> None:
                                        base_only=job["suite"] == "base", fast_check=True,
                                        min_time_limit=job["min_time_limit"],
                                        gt_time_limit_factor=job["gt_time_limit_factor"])
+            end_strays()
             out.write(json.dumps({"index": sample["index"], "base": result["base"][0],
                                   "plus": result["plus"][0] if "plus" in result else None}) + "\n")
 
@@ -254,7 +496,7 @@ def main() -> None:
 
     evalplus_dir = os.path.dirname(importlib.util.find_spec("evalplus").origin)
     needed = [sys.executable, os.__file__, os.path.join(evalplus_dir, "__init__.py"), os.path.abspath(__file__)]
-    report = lock_in(job["limits"], needed)
+    report = lock_in(job["limits"], needed, scratch, result_fd)
     install_hook(Jail(scratch, job.get("home"), [p for p in sys.path if p and os.path.isdir(p)]))
     os.register_at_fork(after_in_child=lambda: os.close(result_fd))  # no forged results from a test process
     with os.fdopen(os.dup(result_fd), "w", buffering=1) as out:
