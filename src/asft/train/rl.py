@@ -122,7 +122,7 @@ def grpo_config(settings: RLSettings, runtime: RLRuntime, *, checkpoint_dir: Pat
         save_steps=runtime.save_steps,
         save_total_limit=1,
         report_to=[],
-        gradient_checkpointing=runtime.gradient_checkpointing,
+        activation_checkpointing=runtime.gradient_checkpointing,
         use_vllm=runtime.use_vllm,
         vllm_mode="colocate",
         disable_tqdm=not bars,
