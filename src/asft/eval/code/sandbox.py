@@ -26,7 +26,7 @@ from typing import Any
 from asft.eval.code import worker as worker_module
 
 KILLED = "killed"  # the verdict of a sample whose worker was killed at the wall-clock limit
-NOBODY_UID = 65534
+NOBODY_UID = 65534  # the user the worker runs the tests as, when it can
 
 
 @dataclass(frozen=True)
@@ -87,7 +87,8 @@ def _kill_group(process: subprocess.Popen) -> None:
     process.wait()
 
 
-def _run_worker(job: dict[str, Any], scratch: Path, env: dict[str, str], limits: SandboxLimits) -> tuple[list[dict[str, Any]], bool, str]:
+def _run_worker(job: dict[str, Any], scratch: Path, env: dict[str, str],
+                limits: SandboxLimits) -> tuple[list[dict[str, Any]], bool, str]:
     """Start one worker on `job`; returns its result lines, whether it was killed, and its stderr's tail."""
     process, read_fd = _start(job, scratch, env)
     deadline = time.monotonic() + limits.wall_seconds

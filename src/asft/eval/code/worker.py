@@ -4,18 +4,33 @@ Started by `asft.eval.code.sandbox` as `python -I worker.py RESULT_FD`, with the
 its working directory, a cleared environment and `job.json` (the batch) beside it. It imports only the
 standard library until it has locked itself in, in this order:
 
-1. resource limits (`SandboxLimits`): CPU seconds, address space, file size, no core files, and a
-   process count (RLIMIT_NPROC binds only a non-root user: see 3);
-2. a new network namespace (no interface but a down loopback): as root `unshare(CLONE_NEWNET)`, as
-   another user `unshare(CLONE_NEWUSER | CLONE_NEWNET)`; where the kernel refuses, the audit hook below
-   is the only network barrier and the report says so;
-3. as root: the user `nobody` (setgroups, setgid, setuid), so file permissions protect the machine
-   and RLIMIT_NPROC binds; skipped, and reported, when `nobody` could not read the interpreter;
-4. an audit hook (`sys.addaudithook`, which cannot be removed) that, in every process other than the
-   worker itself (EvalPlus forks one child per test execution: that is where model code runs), refuses
+1. resource limits (`SandboxLimits`): CPU seconds, address space, file size, no core files;
+2. a pids cgroup (`join_cgroup`; v1 `pids` or v2 with the pids controller), `asft-sandbox-<worker pid>`,
+   whose pids.max (the worker's threads + the test runner + `extra_processes`) bounds the worker and
+   everything it forks, fork bombs included; the parent kills whatever is left in it and removes it
+   (`release_cgroup`), so nothing escapes by setsid. Where there is none, RLIMIT_NPROC (which does not
+   bind root) is the fallback;
+3. a new network namespace (no interface but a down loopback); for a user other than root, first a
+   user namespace that gives it the right to make this one and the next two;
+4. a new mount namespace (`read_only_filesystem`) in which every mount is remounted read-only, nosuid
+   and nodev, except the scratch directory (bound onto itself, writable) and a fresh 64 MB tmpfs on
+   /dev/shm (multiprocessing's semaphores); /dev/null, zero, full, random and urandom stay usable, no
+   other device can be opened (a read-only mount alone would not stop writes to a disk device);
+5. a new pid namespace: the worker forks the test runner as its pid 1 (`fork_runner`) and only waits
+   for it; the runner mounts its own /proc (read-only), so the model's processes cannot see or signal
+   anything outside, die with the runner, and are killed after each sample (`end_strays`);
+6. the runner drops to the user `nobody` when it can read the interpreter, and in any case drops every
+   capability (bounding set included) and sets no_new_privs: a root without capabilities cannot
+   remount, leave its namespaces, or gain anything back through a setuid program;
+7. an audit hook (`sys.addaudithook`, which cannot be removed) that, in every process other than the
+   runner itself (EvalPlus forks one child per test execution: that is where model code runs), refuses
    `refusal()`'s events: process creation and signals, sockets, ctypes library loading and symbol
    lookup, writes, removals and renames outside the scratch directory, and reading or listing the
    user's home (except the interpreter's own import paths).
+
+Each OS layer is used when the kernel allows it; the report (scores.json's `sandbox`) says which held
+and why one did not. The audit hook is a tripwire, not a boundary: `_posixsubprocess.fork_exec` (no
+audit event) starts a shell past it, and then only layers 1-6 hold.
 
 Then it imports EvalPlus, whose loaders read the shipped data file through HUMANEVAL_OVERRIDE_PATH /
 MBPP_OVERRIDE_PATH (set by the sandbox), computes the ground truth of the batch's tasks with EvalPlus's
@@ -23,11 +38,12 @@ MBPP_OVERRIDE_PATH (set by the sandbox), computes the ground truth of the batch'
 per finished sample to RESULT_FD. That descriptor is closed in every forked child, so model code cannot
 forge a result.
 
-What this does not stop: code that corrupts the interpreter's memory from Python (the audit hook is a
-tripwire, not a boundary: the OS layers above are); CPU-bound code that stays within the CPU limit
-(the parent's wall-clock kill ends it); a process that leaves the process group (setsid) after a fork
-that got past the hook, until its CPU limit; disk use inside the scratch directory up to the file
-size limit per file.
+What this does not stop: reading files any user may read (outside the home, and the home itself for
+code that got past the hook, since the interpreter lives there on our machines); CPU-bound code within
+the CPU limit (the parent's wall-clock kill ends it); a kernel exploit (namespaces share the kernel);
+disk use inside the scratch directory up to the file size limit per file; memory is bounded per
+process (RLIMIT_AS), not per cgroup. On a machine where a layer is refused, what it stops falls back to
+the layers below it, as the report says.
 """
 
 from __future__ import annotations
@@ -407,7 +423,7 @@ def lock_in(limits: dict, needed: list[str], scratch: str, result_fd: int) -> di
     report["filesystem"] = read_only_filesystem(scratch)
     report["processes"] = own_pid_namespace()
     fork_runner(result_fd)
-    if root:  # whoever runs the tests owns the scratch directory (a root without capabilities is an owner like any other)
+    if root:  # the tests' user owns the scratch directory (a root without capabilities is no exception)
         for folder, _, files in os.walk(scratch):
             for path in [folder] + [os.path.join(folder, name) for name in files]:
                 os.chown(path, nobody if to_nobody else ROOT_UID, nobody if to_nobody else ROOT_UID)
