@@ -137,6 +137,17 @@ def test_sft_dapo_and_asft_dapo_start_from_the_sft_and_asft_runs_themselves():
     assert {"grpo", "dapo", "sft+dapo", "asft+dapo"} <= evaluated
 
 
+def test_rl_nodes_read_back_from_their_files_as_the_same_typed_settings(tmp_path):
+    from asft.workflow.plan import read_node, write_node_files
+
+    plan = build_plan(load_config(CONFIG / "paper_table2_rl.yaml"))
+    write_node_files(plan, tmp_path)
+    for node in plan.nodes["rl"].values():
+        again = read_node("rl", node.key, tmp_path)
+        assert again.settings == node.settings and isinstance(again.settings, RLSettings)
+        assert again.runtime == node.runtime and dict(again.parents) == dict(node.parents)
+
+
 def test_a_lora_run_starts_rl_from_its_merge():
     plan = build_plan(parse_config(config_with_rl(algorithms=["dapo"], start_from=["asft"], max_steps=5)))
     for node in plan.nodes["rl"].values():
