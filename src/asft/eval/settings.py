@@ -136,8 +136,6 @@ class ScoreRuntime(Runtime):
     judge: JudgeRuntime | None = None  # method judge only
 
 
-
-
 class ScoreSettings(StageSettings):
     """How the samples of one generation are judged.
 

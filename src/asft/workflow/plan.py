@@ -300,27 +300,6 @@ def code_stop_strings(benchmark: str, template: str) -> list[str]:
     return code_stop(code.dataset, template)
 
 
-def execute_settings(generation: GenerateSettings, code: CodeSuite) -> ExecuteSettings:
-    """A code benchmark's tests, run by EvalPlus on its generation's samples (asft.eval.code)."""
-    from asft.eval.code.prompts import CODE_TEMPLATES, continues_prompt
-
-    if generation.template not in CODE_TEMPLATES:
-        raise ValueError(f"eval.template: '{generation.template}' has no code form; the code benchmarks "
-                         f"({generation.benchmark.name}) take {', '.join(CODE_TEMPLATES)}")
-    return ExecuteSettings(dataset=code.dataset, suite=code.suite, prefix_prompt=continues_prompt(generation.template),
-                           local_file=generation.context.local_file, local_sha256=generation.context.local_sha256)
-
-
-def code_stop_strings(benchmark: str, template: str) -> list[str]:
-    """EvalPlus's stop strings of a code benchmark's generation (none for the others)."""
-    code = get_benchmark(benchmark).code
-    if code is None:
-        return []
-    from asft.eval.code.prompts import code_stop
-
-    return code_stop(code.dataset, template)
-
-
 @dataclass(frozen=True)
 class Plan:
     """All nodes of a configuration, by stage and key, plus the rows of the results table."""
