@@ -46,7 +46,7 @@ rule aggregate:
         benchmarks=CFG.eval.benchmarks,
         target=CFG.table.target,
         retention=CFG.table.retention,
-        modes=CFG.modes,
+        modes=table_modes(CFG),
         title=f"ASFT results: {CFG.name}",
         config=CFG.model_dump(mode="json"),
         labels={"target": CFG.table.target_label, "retention": CFG.table.retention_label},

@@ -3,7 +3,7 @@
 from snakemake.exceptions import WorkflowError
 from snakemake.utils import validate
 
-from asft.workflow.config import ConfigError, layered_raw, parse_config
+from asft.workflow.config import ConfigError, layered_raw, parse_config, table_modes
 from asft.workflow.plan import build_plan, write_node_files
 
 try:

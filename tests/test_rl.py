@@ -13,7 +13,7 @@ import pytest
 from asft.eval.settings import PolicyRef
 from asft.train.rewards import chosen_letter, gold_answer, gold_letter, grade_reward, letter_reward, reward
 from asft.train.rl_settings import ALGORITHMS, RewardSettings, RLRuntime, RLSettings
-from asft.workflow.config import ConfigError, layered_raw, load_config, parse_config
+from asft.workflow.config import ConfigError, layered_raw, load_config, parse_config, table_modes
 from asft.workflow.plan import build_plan
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -153,6 +153,12 @@ def test_a_lora_run_starts_rl_from_its_merge():
     for node in plan.nodes["rl"].values():
         assert node.parents["start"].startswith("merge/")
         assert node.settings.reward == RewardSettings(kind="grade", policy=PolicyRef(name="strict", version=1))
+
+
+def test_the_table_lists_rl_runs_after_the_modes_in_table_2s_order():
+    preset = load_config(Path(__file__).resolve().parents[1] / "config" / "paper_table2_rl.yaml")
+    assert table_modes(preset) == ["sft", "dft", "iw-sft", "asft", "grpo", "dapo", "sft+dapo", "asft+dapo"]
+    assert table_modes(load_config()) == load_config().modes  # no rl section: the modes alone
 
 
 def test_paper_table2_preset_dry_runs_offline_to_its_job_counts(tmp_path):

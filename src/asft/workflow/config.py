@@ -649,6 +649,11 @@ class Config(_Strict):
         return self
 
 
+def table_modes(cfg: Config) -> list[str]:
+    """The table's rows in order: the trained modes, then each rl run (`dapo`, `asft+dapo`) in the config's order."""
+    return [*cfg.modes, *(cfg.rl.run_label(algorithm, start) for algorithm, start in cfg.rl.planned_runs())]
+
+
 def dynamics_benchmarks(cfg: Config) -> list[str]:
     """The benchmarks measured during training (train.eval_every): its list, else the table's."""
     if cfg.train.eval_benchmarks is not None:
