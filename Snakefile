@@ -1,4 +1,4 @@
-# ASFT reference workflow: download -> tokenize -> train(mode, seed) -> merge -> generate -> score -> aggregate.
+# ASFT reference workflow: download -> tokenize -> train(mode, seed) -> merge -> [rl] -> generate -> score -> aggregate.
 # Every artifact lives at results/<stage>/<key>/, where key hashes the stage's resolved settings,
 # its semantic version and its inputs' keys (see src/asft/workflow/keys.py and src/asft/workflow/plan.py).
 from snakemake.utils import min_version
