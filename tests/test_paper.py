@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -198,6 +199,20 @@ def test_plan_prints_the_cost_estimate():
     train = next(line for line in out.splitlines() if line.startswith("train"))
     assert train.split()[1] == "12" and float(train.split()[-1]) > 1
     assert main(["plan", "--results", "/nonexistent"]) == 0
+
+
+def test_plan_offline_without_the_hub_benchmarks_says_what_it_cannot_estimate(tmp_path):
+    """paper_medical's benchmarks come from the hub: offline and uncached, the plan still prints, naming them."""
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_HOME": str(tmp_path / "hf")}
+    result = subprocess.run([sys.executable, "-m", "asft.ops.cli", "plan", "--configfile",
+                             str(CONFIG / "paper_table2_rl.yaml"), "--results", str(tmp_path / "results")],
+                            capture_output=True, text=True, env=env, cwd=tmp_path)
+    assert result.returncode == 0 and "Traceback" not in result.stderr, result.stderr[-2000:]
+    out = result.stdout
+    assert "(some estimates are unknown)" in out
+    assert "unknown: medqa: its rows could not be read" in out and "rl: not estimated" in out
+    train = next(line for line in out.splitlines() if line.startswith("train"))
+    assert train.split()[1] == "4" and float(train.split()[-1]) > 0  # training is still estimated
 
 
 def test_paper_medical_preset_and_choice_benchmarks_from_local_copies(tmp_path):

@@ -137,13 +137,19 @@ def estimate(plan: Plan, results: Path, assumptions: Assumptions = Assumptions()
         train_flops += 0.0 if node.key in done else per_token * sizes[_base_model(plan, node).key] * tokens
         notes.append(how)
     gen_tokens = gen_flops = 0.0
-    problems_cache: dict[str, int] = {}
+    problems_cache: dict[str, float] = {}
+    unknown: list[str] = []
     for node in plan.nodes.get("generate", {}).values():
         settings = node.settings
         name = settings.benchmark.name
         if name not in problems_cache:
-            problems_cache[name] = len(load_problems(name, settings.context.model_dump(exclude_none=True),
-                                                     settings.limit))
+            try:
+                problems_cache[name] = len(load_problems(name, settings.context.model_dump(exclude_none=True),
+                                                         settings.limit))
+            except (RuntimeError, OSError, ValueError) as error:
+                # a hub benchmark offline and not in the cache: its cost is unknown, the rest of the plan is not
+                problems_cache[name] = math.nan
+                unknown.append(f"{name}: its rows could not be read ({str(error).splitlines()[0]})")
         completion = min(settings.max_new_tokens, assumptions.completion_tokens)
         samples = problems_cache[name] * settings.n_samples
         tokens = samples * (assumptions.prompt_tokens + completion)
@@ -157,7 +163,10 @@ def estimate(plan: Plan, results: Path, assumptions: Assumptions = Assumptions()
         stages[stage] = {"jobs": counts[stage], "cached": cached[stage]}
     stages.setdefault("train", {}).update(tokens=train_tokens, flops=train_flops, gpu_hours=gpu_hours["train"])
     stages.setdefault("generate", {}).update(tokens=gen_tokens, flops=gen_flops, gpu_hours=gpu_hours["generate"])
-    return {"params": params, "model_params": sorted(set(sizes.values())), "stages": stages, "token_sources": sorted(set(notes)), "assumptions": assumptions}
+    if plan.nodes.get("rl"):
+        unknown.append("rl: not estimated (generation-bound; see docs/rl.md)")
+    return {"params": params, "model_params": sorted(set(sizes.values())), "stages": stages,
+            "token_sources": sorted(set(notes)), "assumptions": assumptions, "unknown": unknown}
 
 
 def _model_key(config: Config) -> str:
@@ -195,4 +204,5 @@ def format_estimate(result: dict[str, Any]) -> str:
               "training tokens: " + "; ".join(result["token_sources"])]
     if math.isnan(total):
         lines.append("(some estimates are unknown)")
+    lines += [f"unknown: {note}" for note in result.get("unknown", [])]
     return "\n".join(lines)
