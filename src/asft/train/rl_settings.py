@@ -66,6 +66,16 @@ class RewardSettings(StageSettings):
         return self
 
 
+def check_rl_batches(global_batch_size: int, per_device_batch_size: int, num_generations: int) -> None:
+    """A batch of completions splits into per-device batches and into whole groups of one prompt's completions."""
+    if global_batch_size % per_device_batch_size:
+        raise ValueError(f"rl.global_batch_size: {global_batch_size} is not a multiple of "
+                         f"rl.per_device_batch_size ({per_device_batch_size})")
+    if global_batch_size % num_generations:
+        raise ValueError(f"rl.global_batch_size: {global_batch_size} completions do not split into groups of "
+                         f"rl.num_generations ({num_generations})")
+
+
 class RLSettings(StageSettings):
     """One RL run: the algorithm in TRL's terms, sampling, optimisation, the reward and the seed."""
 
@@ -100,13 +110,9 @@ class RLSettings(StageSettings):
     def _batches_fit(self) -> RLSettings:
         if (self.max_steps is None) == (self.epochs is None):
             raise ValueError("rl: give max_steps or epochs, not both")
-        if self.global_batch_size % self.per_device_batch_size:
-            raise ValueError(f"rl.global_batch_size: {self.global_batch_size} is not a multiple of "
-                             f"rl.per_device_batch_size ({self.per_device_batch_size})")
-        if self.global_batch_size % self.num_generations:
-            raise ValueError(f"rl.global_batch_size: {self.global_batch_size} completions do not split into groups of "
-                             f"rl.num_generations ({self.num_generations})")
+        check_rl_batches(self.global_batch_size, self.per_device_batch_size, self.num_generations)
         return self
+
 
     @classmethod
     def for_algorithm(cls, algorithm: str, **fields) -> RLSettings:

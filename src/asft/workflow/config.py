@@ -697,6 +697,8 @@ def _check_dynamics(cfg: Config) -> None:
 
 def _check_rl(cfg: Config) -> None:
     """rl.start_from names base or a trained mode; rl.runs names planned runs; the reward fits the eval."""
+    from asft.train.rl_settings import check_rl_batches  # no torch: the settings module only
+
     rl = cfg.rl
     starts = ["base", *cfg.modes]
     for start in rl.start_from:
@@ -711,12 +713,7 @@ def _check_rl(cfg: Config) -> None:
             if run not in labels:
                 raise ValueError(f"rl.runs: '{run}' is not a run of rl.algorithms from rl.start_from"
                                  f"{did_you_mean(run, labels)}; these are: {', '.join(labels) or 'none'}")
-    if rl.global_batch_size % rl.per_device_batch_size:
-        raise ValueError(f"rl.global_batch_size: {rl.global_batch_size} is not a multiple of rl.per_device_batch_size "
-                         f"({rl.per_device_batch_size})")
-    if rl.global_batch_size % rl.num_generations:
-        raise ValueError(f"rl.global_batch_size: {rl.global_batch_size} completions do not split into groups of "
-                         f"rl.num_generations ({rl.num_generations})")
+    check_rl_batches(rl.global_batch_size, rl.per_device_batch_size, rl.num_generations)
     for train_set in cfg.train_sets:
         if rl.algorithms and train_set.source != "embedded" and train_set.format != "alpaca":
             raise ValueError(f"rl.algorithms: train set '{train_set.name}' holds conversations (format "
