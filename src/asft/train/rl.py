@@ -13,7 +13,6 @@ updates all its weights (no adapter): the paper's RL runs are full fine-tuning o
 
 from __future__ import annotations
 
-import json
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -142,7 +141,7 @@ def rl_run(settings: RLSettings, runtime: RLRuntime, *, start_dir: Path, tokeniz
 
     from asft.eval.cost_table import measured_cost, reset_peak_memory
     from asft.train.checkpoints import last_complete_checkpoint
-    from asft.train.trainer import MetricsWriter, ProgressLines
+    from asft.train.trainer import MetricsWriter, ProgressLines, save_final
 
     reset_peak_memory()
     torch.set_num_threads(threads)
@@ -165,15 +164,9 @@ def rl_run(settings: RLSettings, runtime: RLRuntime, *, start_dir: Path, tokeniz
     result = trainer.train(resume_from_checkpoint=str(resume) if resume else None)
     cost = measured_cost()
 
-    final = out_dir / "model"
-    trainer.save_model(str(final))
-    if not trainer.is_world_process_zero():
+    entries = save_final(trainer, tokenizer, metrics, out_dir)
+    if entries is None:
         return {}
-    tokenizer.save_pretrained(str(final))
-    entries = metrics.read()
-    with open(out_dir / METRICS_FILE, "w") as handle:
-        for entry in entries:
-            handle.write(json.dumps(entry) + "\n")
     plot_rewards(entries, out_dir / "curves.png", title=name)
     rewards = [e[REWARD_KEY] for e in entries if REWARD_KEY in e]
     return {

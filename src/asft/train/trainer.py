@@ -514,15 +514,9 @@ def _train(settings: TrainSettings, runtime: TrainRuntime, *, model_dir: Path, d
     result = trainer.train(resume_from_checkpoint=str(resume) if resume else None)
     cost = measured_cost()  # before saving (a ZeRO-3 save gathers); every rank takes part, rank 0 reports
 
-    final = out_dir / "model"
-    trainer.save_model(str(final))  # every rank takes part (ZeRO-3 gathers); rank 0 writes
-    if not trainer.is_world_process_zero():
+    entries = save_final(trainer, tokenizer, metrics, out_dir)
+    if entries is None:
         return {}
-    tokenizer.save_pretrained(str(final))
-    entries = metrics.read()
-    with open(out_dir / METRICS_FILE, "w") as handle:
-        for entry in entries:
-            handle.write(json.dumps(entry) + "\n")
     if "tensorboard" in trackers:
         shutil.copytree(checkpoint_dir / TENSORBOARD_DIR, out_dir / TENSORBOARD_DIR, dirs_exist_ok=True)
     plot_curves(entries, out_dir / "curves.png", title=name)
@@ -540,6 +534,21 @@ def _train(settings: TrainSettings, runtime: TrainRuntime, *, model_dir: Path, d
         "loss_implementation": implementation,
         **cost,  # peak_gpu_memory_gb (GPU only), peak_rss_gb, device, num_devices
     }
+
+
+def save_final(trainer: Trainer, tokenizer: Any, metrics: MetricsWriter, out_dir: Path) -> list[dict[str, Any]] | None:
+    """The final model and tokenizer to `out_dir/model` and the per-step metrics to `out_dir/metrics.jsonl`;
+    returns those metrics on rank 0, None on the other ranks (which only take part in the save)."""
+    final = out_dir / "model"
+    trainer.save_model(str(final))  # every rank takes part (ZeRO-3 gathers); rank 0 writes
+    if not trainer.is_world_process_zero():
+        return None
+    tokenizer.save_pretrained(str(final))
+    entries = metrics.read()
+    with open(out_dir / METRICS_FILE, "w") as handle:
+        for entry in entries:
+            handle.write(json.dumps(entry) + "\n")
+    return entries
 
 
 def plot_curves(entries: list[Mapping[str, Any]], path: Path, *, title: str) -> None:
