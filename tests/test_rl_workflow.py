@@ -36,7 +36,7 @@ def test_rl_runs_in_the_workflow_and_its_rows_reach_the_table(tmp_path):
     result = snakemake(workdir, "--configfile", str(TINY), str(layer), "--cores", "2")
     assert "rl dapo from asft seed 0 on mul" in result.stdout + result.stderr
     rows = list(csv.DictReader(open(workdir / "results" / "table.csv")))
-    assert [row["mode"] for row in rows] == ["base", "sft", "asft", "asft+dapo", "dapo"]
+    assert [row["mode"] for row in rows] == ["base", "sft", "asft", "dapo", "asft+dapo"]  # rl runs after the modes
     manifests = [json.loads(p.read_text()) for p in (workdir / "results" / "rl").glob("*/manifest.json")]
     assert len(manifests) == 2
     for manifest in manifests:
