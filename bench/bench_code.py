@@ -21,29 +21,29 @@ from asft.eval.code.worker import _ground_truth
 MIN_TIME_LIMIT, GT_TIME_LIMIT_FACTOR = 1.0, 4.0  # EvalPlus's defaults (ExecuteSettings keeps them)
 
 
-def _in_sandbox(dataset: str, suite: str, samples: list[Sample]) -> tuple[float, dict]:
+def _in_sandbox(dataset: str, suite: str, samples: list[Sample]) -> tuple[float, dict, list[str]]:
     spec = get_dataset(dataset)
     started = time.perf_counter()
     result = check_batch(dataset, suite, samples, data_file=checked_file(dataset), override_env=spec.override_env,
                          limits=SandboxLimits(wall_seconds=3600), min_time_limit=MIN_TIME_LIMIT,
                          gt_time_limit_factor=GT_TIME_LIMIT_FACTOR)
-    passed = sum(v["base"] == "pass" for v in result.verdicts.values())
-    assert passed == len(samples), f"{passed} of {len(samples)} canonical solutions passed in the sandbox"
-    return time.perf_counter() - started, result.sandbox
+    failed = [s.task_id for s in samples if result.verdicts[s.index]["base"] != "pass"]
+    return time.perf_counter() - started, result.sandbox, failed
 
 
-def _direct(dataset: str, suite: str, tasks: list[dict]) -> float:
+def _direct(dataset: str, suite: str, tasks: list[dict]) -> tuple[float, list[str]]:
     """EvalPlus alone, in this process: what an unsandboxed harness does."""
     os.environ[get_dataset(dataset).override_env] = str(checked_file(dataset))
     from evalplus.evaluate import check_correctness
 
-    started = time.perf_counter()
+    started, failed = time.perf_counter(), []
     for index, task in enumerate(tasks):
         result = check_correctness(dataset, index, task, task["prompt"] + task["canonical_solution"],
                                    _ground_truth(task, dataset), base_only=suite == "base", fast_check=True,
                                    min_time_limit=MIN_TIME_LIMIT, gt_time_limit_factor=GT_TIME_LIMIT_FACTOR)
-        assert result["base"][0] == "pass", task["task_id"]
-    return time.perf_counter() - started
+        if result["base"][0] != "pass":
+            failed.append(task["task_id"])
+    return time.perf_counter() - started, failed
 
 
 def main() -> None:
@@ -55,14 +55,17 @@ def main() -> None:
     tasks = read_tasks(checked_file(args.dataset))[: args.tasks]
     samples = [Sample(i, t["task_id"], t["prompt"] + t["canonical_solution"]) for i, t in enumerate(tasks)]
 
-    one, _ = _in_sandbox(args.dataset, args.suite, samples[:1])
-    sandboxed, layers = _in_sandbox(args.dataset, args.suite, samples)
-    direct = _direct(args.dataset, args.suite, tasks)
+    one, _, _ = _in_sandbox(args.dataset, args.suite, samples[:1])
+    sandboxed, layers, failed_sandboxed = _in_sandbox(args.dataset, args.suite, samples)
+    direct, failed_direct = _direct(args.dataset, args.suite, tasks)
     n = len(samples)
     print(f"{args.dataset} {args.suite} suite, {n} canonical solutions (ground truth computed on each path)")
     print(f"  sandbox : {sandboxed:7.2f} s  {n / sandboxed:6.2f} samples/s  (one fresh worker per batch)")
     print(f"  direct  : {direct:7.2f} s  {n / direct:6.2f} samples/s  (EvalPlus in this process, no sandbox)")
     print(f"  ratio sandbox / direct: {sandboxed / direct:.2f}x; a batch of one sample: {one:.2f} s")
+    # evalplus 0.3.1 fails HumanEval/32's own solution (its find_zero oracle skips the pass record; fixed
+    # upstream after the release): the same verdict on both paths is what matters here
+    print(f"  canonical solutions failed: sandbox {failed_sandboxed or 'none'}, direct {failed_direct or 'none'}")
     print("  layers: " + ", ".join(f"{name} = {value}" for name, value in sorted(layers.items())))
 
 

@@ -96,6 +96,22 @@ def test_right_and_wrong_solutions_through_the_score_stage(tmp_path):
     assert results["plus"]["pass@1"] == pytest.approx(100 / 3)
 
 
+def test_evalplus_0_3_1_fails_humaneval_32s_own_solution(tmp_path):
+    """EvalPlus 0.3.1 (the newest release) never records a pass for find_zero (its special oracle `continue`s
+    before the record; fixed upstream after the release, evalplus 6eb1e19): HumanEval/32 counts as failed for
+    any model, here as for everyone scoring with that release. When a release fixes it, this test says so."""
+    tasks = {t["task_id"]: t for t in read_tasks(DATASETS["humaneval"].path)}
+    rows = [{"problem": i, "sample": 0, "prompt": tasks[t]["prompt"].strip() + "\n",
+             "completion": tasks[t]["canonical_solution"], "gold": t} for i, t in enumerate(["HumanEval/32", "HumanEval/31"])]
+    samples = _write_generation(tmp_path / "samples", rows)
+    out = tmp_path / "base"
+    out.mkdir()
+    run_score(ScoreSettings(method="execute", execute=ExecuteSettings(dataset="humaneval", suite="base")),
+              samples_dir=samples, out_dir=out)
+    graded = [json.loads(line) for line in (out / "graded.jsonl").read_text().splitlines()]
+    assert [(g["task_id"], g["base"]) for g in graded] == [("HumanEval/32", "fail"), ("HumanEval/31", "pass")]
+
+
 def test_a_plus_suite_shares_its_generation_and_has_its_own_score():
     plan = build_plan(load_config(CONFIG / "paper_table3_code.yaml"))
     assert generation_benchmark("humaneval_plus") == "humaneval" and get_benchmark("mbpp_plus").display == "MBPP+"
