@@ -30,6 +30,27 @@ def tiny_base(tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="session")
+def tiny_workflow(tmp_path_factory) -> Path:
+    """The tiny workflow (tests/configs/tiny.yaml) run once through Snakemake: a working directory whose
+    results later tests start from (copy it with `copy_workflow`; test_workflow's own tests use it as is)."""
+    from tests.snakemake_runs import TINY, output, smk
+
+    workdir = tmp_path_factory.mktemp("workflow")
+    result = smk(workdir, "--configfile", str(TINY), "--cores", "2")
+    assert result.returncode == 0, output(result)[-4000:]
+    return workdir
+
+
+def copy_workflow(source: Path, target: Path) -> Path:
+    """A copy of a finished working directory (results, Snakemake's metadata, mtimes kept): a run there with a
+    config that shares the tiny run's prefix runs only what is new."""
+    import shutil
+
+    shutil.copytree(source, target, symlinks=True)
+    return target
+
+
+@pytest.fixture(scope="session")
 def tiny_dataset(tmp_path_factory, tiny_base) -> Path:
     from asft.train.data import build_dataset, tokenize_dataset
 

@@ -262,13 +262,14 @@ def test_upstream_alpacaeval_preset_dry_run_offline(tmp_path):
 # --- the whole workflow on the embedded model ----------------------------------------------------
 
 @pytest.mark.slow
-def test_workflow_judges_the_embedded_model_and_rescoring_asks_nothing(tmp_path):
+def test_workflow_judges_the_embedded_model_and_rescoring_asks_nothing(tmp_path, tiny_workflow):
+    from tests.conftest import copy_workflow
     from tests.snakemake_runs import TINY, output
 
     hub = tmp_path / "hub"
     calibration_cache(hub)
-    work = tmp_path / "work"
-    work.mkdir()
+    # from the tiny run's results: the base and sft's training and merge are there; generation and judging run
+    work = copy_workflow(tiny_workflow, tmp_path / "work")
     with JudgeStandIn(fail_first=[503]) as judge:
         layer = tmp_path / "alpaca.yaml"
         layer.write_text(json.dumps({
@@ -287,13 +288,15 @@ def test_workflow_judges_the_embedded_model_and_rescoring_asks_nothing(tmp_path)
         # one request per distinct (instruction, output) pair of base and sft: a pair both models gave is asked once
         pairs = {(row["instruction"], row["output"]) for rows in generations for row in rows}
         assert len(pairs) >= 4 and judge.requests == len(pairs) and judge.failed == 1  # the injected 503 retried
-        scores = [json.loads(p.read_text()) for p in (work / "results" / "score").glob("*/scores.json")]
+        judged = {p.parent: json.loads(p.read_text()) for p in (work / "results" / "score").glob("*/scores.json")}
+        judged = {folder: s for folder, s in judged.items() if "length_controlled_winrate" in s}  # not the tiny run's
+        scores = list(judged.values())
+        assert len(scores) == 2
         assert all(s["n_total"] == 4 and s["accuracy"] == s["length_controlled_winrate"] for s in scores)
         assert "AlpacaEval 2" in (work / "results" / "table.md").read_text()
         # the score artifacts deleted and made again: every verdict from the cache
-        for folder in (work / "results" / "score").iterdir():
-            if folder.is_dir():
-                subprocess.run(["rm", "-rf", str(folder)], check=True)
+        for folder in judged:
+            subprocess.run(["rm", "-rf", str(folder)], check=True)
         again = subprocess.run(
             [sys.executable, "-m", "snakemake", "-s", str(ROOT / "Snakefile"), "--directory", str(work),
              "--cores", "2", "results/table.csv", "--configfile", str(TINY), str(layer)],

@@ -12,7 +12,11 @@ import pytest
 
 from tests.test_workflow import TINY, planned_jobs, snakemake
 
-RL_LAYER = """rl:
+# asft only, one benchmark: the smallest run that still has a trained start (its merge) and a base start
+RL_LAYER = """modes: [asft]
+eval: {benchmarks: [embedded_mul]}
+table: {retention: []}
+rl:
   algorithms: [dapo]
   start_from: [base, asft]
   max_steps: 2
@@ -26,17 +30,19 @@ RL_LAYER = """rl:
 
 
 @pytest.mark.slow
-def test_rl_runs_in_the_workflow_and_its_rows_reach_the_table(tmp_path):
+def test_rl_runs_in_the_workflow_and_its_rows_reach_the_table(tmp_path, tiny_workflow):
+    from tests.conftest import copy_workflow
+
     layer = tmp_path / "rl.yaml"
     layer.write_text(RL_LAYER)
-    workdir = tmp_path / "work"
-    workdir.mkdir()
-    # tiny: sft and asft, one seed, LoRA (asft+dapo starts from the asft run's merge)
+    # from the tiny run's results: the base, asft's training and merge are there; rl and its evaluations run
+    workdir = copy_workflow(tiny_workflow, tmp_path / "work")
+    # tiny, asft only: one seed, LoRA (asft+dapo starts from the asft run's merge)
     assert planned_jobs(workdir, "--configfile", str(TINY), str(layer))["rl"] == 2
     result = snakemake(workdir, "--configfile", str(TINY), str(layer), "--cores", "2")
     assert "rl dapo from asft seed 0 on mul" in result.stdout + result.stderr
     rows = list(csv.DictReader(open(workdir / "results" / "table.csv")))
-    assert [row["mode"] for row in rows] == ["base", "sft", "asft", "dapo", "asft+dapo"]  # rl runs after the modes
+    assert [row["mode"] for row in rows] == ["base", "asft", "dapo", "asft+dapo"]  # rl runs after the modes
     manifests = [json.loads(p.read_text()) for p in (workdir / "results" / "rl").glob("*/manifest.json")]
     assert len(manifests) == 2
     for manifest in manifests:
@@ -46,6 +52,6 @@ def test_rl_runs_in_the_workflow_and_its_rows_reach_the_table(tmp_path):
 
     lr = tmp_path / "lr.yaml"
     lr.write_text("rl: {lr: 2.0e-4}\n")
-    # the two rl runs again, each evaluated on the 3 benchmarks; nothing trained, merged or tokenized again
+    # the two rl runs again, each evaluated on its benchmark; nothing trained, merged or tokenized again
     assert planned_jobs(workdir, "--configfile", str(TINY), str(layer), str(lr)) == Counter(
-        rl=2, generate=6, score=6, aggregate=1, publish=1, all=1)
+        rl=2, generate=2, score=2, aggregate=1, publish=1, all=1)

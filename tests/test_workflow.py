@@ -56,10 +56,8 @@ def test_bad_config_fails_at_parse_time_naming_the_field(tmp_path):
 
 
 @pytest.fixture(scope="module")
-def tiny_run(tmp_path_factory) -> Path:
-    workdir = tmp_path_factory.mktemp("workflow")
-    snakemake(workdir, "--configfile", str(TINY), "--cores", "2")
-    return workdir
+def tiny_run(tiny_workflow) -> Path:
+    return tiny_workflow
 
 
 @pytest.mark.slow
