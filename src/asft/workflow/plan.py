@@ -245,16 +245,15 @@ def score_settings(generation: GenerateSettings, policy: str, *, benchmark: str 
     reads the judge from `cfg`); only `grade` uses the policy."""
     from asft.eval.grading import policy_version  # the policy table only: no grader is imported
 
-    if get_benchmark(benchmark or generation.benchmark.name).judged:
+    bench = get_benchmark(benchmark or generation.benchmark.name)
+    if bench.judged:
         if cfg is None:
-            raise ValueError(f"benchmark '{benchmark or generation.benchmark.name}' is judged: its scoring needs the "
-                             "config's eval.judge")
+            raise ValueError(f"benchmark '{bench.name}' is judged: its scoring needs the config's eval.judge")
         return ScoreSettings(method="judge", judge=judge_settings(cfg))
     if generation.scoring == "choice_logprobs":
         return ScoreSettings(method="choose_letter")
-    code = get_benchmark(benchmark or generation.benchmark.name).code
-    if code is not None:
-        return ScoreSettings(method="execute", execute=execute_settings(generation, code))
+    if bench.code is not None:
+        return ScoreSettings(method="execute", execute=execute_settings(generation, bench.code))
     return ScoreSettings(method="grade", policy=PolicyRef(name=policy, version=policy_version(policy)))
 
 
